@@ -1,0 +1,36 @@
+# Quick start: `make demo` (the whole pipeline on this machine) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt collector/requirements.txt | cksum | cut -d' ' -f1)
+NODE_STAMP := node_modules/.installed-$(shell cksum < package-lock.json 2>/dev/null | cut -d' ' -f1)
+
+.PHONY: demo test lint bench rehearse synth clean
+
+$(STAMP): requirements-dev.txt collector/requirements.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed")'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	rm -f $(VENV)/.installed-* && touch $@
+
+$(NODE_STAMP): package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	rm -f node_modules/.installed-* && touch $@
+
+demo: $(STAMP)
+	$(PY) -m sandbox.demo
+
+test: $(STAMP) $(NODE_STAMP) lint
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+bench: $(STAMP)
+	$(PY) -m bench.run
+
+synth: $(STAMP) $(NODE_STAMP)
+	npx cdk synth
+
+clean:
+	rm -rf cdk.out .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,26 @@
+"""`python -m collector`: read the configuration, log to stderr (journald keeps it), run until signalled."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from collector import config
+from collector.service import Service
+
+
+def main() -> None:
+    settings = config.parse_or_exit()
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # botocore logs every credential lookup at INFO; our own lines say what matters.
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+    asyncio.run(Service(settings).run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""Configuration: every setting is an environment variable and the same CLI flag (DESIGN.md section 3).
+
+The defaults and limits here are the only copies; the user-data, the sandbox and the tests import them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import socket
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, NoReturn
+
+BINANCE_WS_URL = "wss://stream.binance.com:9443"
+ROTATE_BYTES = 2_097_152
+ROTATE_SECONDS = 5.0
+UPLOAD_ATTEMPTS = 3
+RECONNECT_DELAY = 1.0
+SPOOL_MAX_BYTES = 1 << 30
+PING_INTERVAL = 20.0
+# Binance closes a connection after 24 h; hand over to a fresh one comfortably before that.
+CONNECTION_LIFETIME = 23.5 * 3600
+# The unit's TimeoutStopSec is derived from this, so SIGTERM always finishes before systemd's SIGKILL.
+SHUTDOWN_TIMEOUT = 60.0
+GZIP_LEVEL = 6
+
+_SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}$")
+_INSTANCE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    bucket: str
+    symbols: tuple[str, ...]
+    ws_url: str
+    instance_id: str
+    spool_dir: Path
+    rotate_bytes: int
+    rotate_seconds: float
+    upload_attempts: int
+    reconnect_delay: float
+    spool_max_bytes: int
+    ping_interval: float
+    connection_lifetime: float
+    shutdown_timeout: float
+    ws_compression: bool
+    gzip_level: int
+    log_level: str
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _bucket(text: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", text):
+        raise ValueError("must be an S3 bucket name (3-63 lowercase letters, digits, dots, hyphens)")
+    return text
+
+
+def _symbols(text: str) -> tuple[str, ...]:
+    symbols = tuple(dict.fromkeys(s.strip().upper() for s in text.split(",") if s.strip()))
+    if not symbols:
+        raise ValueError("must name at least one symbol")
+    for symbol in symbols:
+        if not _SYMBOL_RE.match(symbol):
+            raise ValueError(f"{symbol!r} is not a Binance symbol (letters and digits)")
+    return symbols
+
+
+def _ws_url(text: str) -> str:
+    if not re.fullmatch(r"wss?://[^/\s]+(/[^\s]*)?", text):
+        raise ValueError("must be a ws:// or wss:// URL")
+    return text.rstrip("/")
+
+
+def _instance_id(text: str) -> str:
+    if not _INSTANCE_RE.match(text):
+        raise ValueError("must be 1-64 letters, digits, '.', '_' or '-' (it becomes part of S3 keys)")
+    return text
+
+
+def _log_level(text: str) -> str:
+    if text.upper() not in _LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(_LOG_LEVELS)}")
+    return text.upper()
+
+
+def _on_off(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("deflate", "on", "true", "1"):
+        return True
+    if lowered in ("none", "off", "false", "0"):
+        return False
+    raise ValueError("must be 'deflate' or 'none'")
+
+
+def _gzip_level(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 9:
+        raise ValueError("must be between 1 and 9")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class _Option:
+    field: str
+    parse: Callable[[str], Any]
+    default: str | None
+    help: str
+
+    @property
+    def env(self) -> str:
+        return "COLLECTOR_" + self.field.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.field.replace("_", "-")
+
+
+def _default_spool_dir(environ: Mapping[str, str]) -> str:
+    # systemd's StateDirectory= sets STATE_DIRECTORY; elsewhere spool next to where we run.
+    return environ.get("STATE_DIRECTORY", "").split(":")[0] or "./spool"
+
+
+def _options(environ: Mapping[str, str]) -> list[_Option]:
+    return [
+        _Option("bucket", _bucket, None, "destination S3 bucket (required)"),
+        _Option("symbols", _symbols, "BTCUSDT", "comma-separated symbols, case-insensitive"),
+        _Option("ws_url", _ws_url, BINANCE_WS_URL, "base URL; /ws/<symbol>@trade is appended"),
+        _Option("instance_id", _instance_id, socket.gethostname().split(".")[0] or "local",
+                "goes into keys and manifests (the user-data sets the EC2 instance id)"),
+        _Option("spool_dir", Path, _default_spool_dir(environ), "local spool directory"),
+        _Option("rotate_bytes", _positive_int, str(ROTATE_BYTES), "rotate at this many uncompressed bytes"),
+        _Option("rotate_seconds", _positive_float, str(ROTATE_SECONDS), "rotate after this many seconds"),
+        _Option("upload_attempts", _positive_int, str(UPLOAD_ATTEMPTS),
+                "tries per upload before it is re-queued on disk"),
+        _Option("reconnect_delay", _positive_float, str(RECONNECT_DELAY), "first reconnect delay, seconds"),
+        _Option("spool_max_bytes", _positive_int, str(SPOOL_MAX_BYTES),
+                "stop receiving while unshipped data on disk reaches this many bytes"),
+        _Option("ping_interval", _positive_float, str(PING_INTERVAL),
+                "keepalive ping interval; a link silent for twice this is replaced"),
+        _Option("connection_lifetime", _positive_float, str(CONNECTION_LIFETIME),
+                "hand over to a new connection after this many seconds (Binance cuts at 24 h)"),
+        _Option("shutdown_timeout", _positive_float, str(SHUTDOWN_TIMEOUT),
+                "on SIGTERM, seconds to ship what is left before leaving it in the spool"),
+        _Option("ws_compression", _on_off, "none", "WebSocket permessage-deflate: 'deflate' or 'none'"),
+        _Option("gzip_level", _gzip_level, str(GZIP_LEVEL), "gzip level of the data objects (1-9)"),
+        _Option("log_level", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    ]
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Flags win over environment variables, which win over defaults; raises ConfigError."""
+    environ = os.environ if environ is None else environ
+    options = _options(environ)
+    parser = _OneLineParser(
+        prog="python -m collector",
+        description="Collect Binance trades into S3 (gzip JSONL objects plus a manifest each).",
+        epilog="S3 endpoint, region and credentials come from boto3's standard chain "
+        "(AWS_REGION, AWS_ENDPOINT_URL_S3, instance profile).",
+    )
+    for opt in options:
+        shown = "required" if opt.default is None else opt.default
+        parser.add_argument(opt.flag, dest=opt.field, metavar=opt.field.split("_")[-1].upper(),
+                            help=f"{opt.help} [env {opt.env}; default: {shown}]")
+    args = parser.parse_args(argv)
+    values: dict[str, Any] = {}
+    for opt in options:
+        raw = getattr(args, opt.field)
+        source = opt.flag
+        if raw is None:
+            raw, source = environ.get(opt.env), opt.env
+        if raw is None or raw == "":
+            if opt.default is None:
+                raise ConfigError(f"{opt.env} (or {opt.flag}) is required: {opt.help}")
+            raw, source = opt.default, f"default of {opt.env}"
+        try:
+            values[opt.field] = opt.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{source}={raw!r}: {exc}") from None
+    config = Config(**values)
+    assert {f.name for f in fields(Config)} == values.keys()
+    return config
+
+
+def parse_or_exit(argv: Sequence[str] | None = None) -> Config:
+    """For the entry point: a bad setting is one line on stderr and exit status 2, never a traceback."""
+    try:
+        return parse(argv)
+    except ConfigError as exc:
+        print(f"python -m collector: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

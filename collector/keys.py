@@ -1,0 +1,61 @@
+"""S3 key layout of DESIGN.md section 4: the one place that knows how keys are spelled."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+EXCHANGE = "binance"
+STREAM = "trade"
+DATA_PREFIX = "raw/"
+MANIFEST_PREFIX = "manifests/"
+DATA_SUFFIX = ".jsonl.gz"
+MANIFEST_SUFFIX = ".manifest.json"
+
+_PART_RE = re.compile(r"^(?P<symbol>[A-Z0-9]+)-(?P<instance>.+)-(?P<ts>\d{8}T\d{9}Z)$")
+
+
+def timestamp(opened_at_ms: int) -> str:
+    """`%Y%m%dT%H%M%S%fZ` cut to milliseconds, UTC."""
+    dt = datetime.fromtimestamp(opened_at_ms / 1000, tz=UTC)
+    return dt.strftime("%Y%m%dT%H%M%S") + f"{opened_at_ms % 1000:03d}Z"
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One rotated file: which symbol, which instance, when it was opened (epoch ms)."""
+
+    symbol: str
+    instance_id: str
+    opened_at_ms: int
+
+    @property
+    def stem(self) -> str:
+        """Local spool name, unique per instance: `<SYMBOL>-<instance>-<ts>`."""
+        return f"{self.symbol}-{self.instance_id}-{timestamp(self.opened_at_ms)}"
+
+    def _partition(self) -> str:
+        dt = datetime.fromtimestamp(self.opened_at_ms / 1000, tz=UTC)
+        return (
+            f"exchange={EXCHANGE}/stream={STREAM}/symbol={self.symbol}/"
+            f"date={dt:%Y-%m-%d}/hour={dt:%H}/part-{self.instance_id}-{timestamp(self.opened_at_ms)}"
+        )
+
+    @property
+    def data_key(self) -> str:
+        return DATA_PREFIX + self._partition() + DATA_SUFFIX
+
+    @property
+    def manifest_key(self) -> str:
+        return MANIFEST_PREFIX + self._partition() + MANIFEST_SUFFIX
+
+    @classmethod
+    def from_stem(cls, stem: str) -> Part:
+        """Inverse of `stem`; raises ValueError for a name this collector did not write."""
+        m = _PART_RE.match(stem)
+        if m is None:
+            raise ValueError(f"not a spool file name: {stem!r}")
+        opened = datetime.strptime(m["ts"][:-4], "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+        ms = int(opened.timestamp()) * 1000 + int(m["ts"][-4:-1])
+        return cls(symbol=m["symbol"], instance_id=m["instance"], opened_at_ms=ms)

@@ -1,0 +1,54 @@
+"""The manifest of one data object (schema_version 1, `shared/manifest.schema.json`)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from collector.keys import EXCHANGE, STREAM, Part
+from collector.stats import FileStats
+
+SCHEMA_VERSION = 1
+
+
+def iso_millis(epoch_ms: int) -> str:
+    dt = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
+
+
+def build(
+    *, part: Part, stats: FileStats, bucket: str, compressed_bytes: int, sha256: str, created_at_ms: int
+) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "source": {"exchange": EXCHANGE, "stream": STREAM, "symbol": part.symbol, "instance_id": part.instance_id},
+        "payload": {
+            "bucket": bucket,
+            "key": part.data_key,
+            "format": "jsonl",
+            "compression": "gzip",
+            "record_count": stats.record_count,
+            "min_event_time": stats.min_event_time,
+            "max_event_time": stats.max_event_time,
+            "min_trade_time": stats.min_trade_time,
+            "max_trade_time": stats.max_trade_time,
+            "first_trade_id": stats.first_trade_id,
+            "last_trade_id": stats.last_trade_id,
+            "uncompressed_bytes": stats.uncompressed_bytes,
+            "compressed_bytes": compressed_bytes,
+            "sha256": sha256,
+        },
+        "quality": {
+            "malformed_messages": stats.malformed_messages,
+            "trade_id_gaps": stats.trade_id_gaps,
+            "missing_trade_ids": stats.missing_trade_ids,
+            "reconnects": stats.reconnects,
+        },
+        "created_at": iso_millis(created_at_ms),
+    }
+
+
+def encode(manifest: dict[str, Any]) -> bytes:
+    return orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n"

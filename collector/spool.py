@@ -1,0 +1,183 @@
+"""The spool directory on disk: open JSONL files, and sealed files (gzip + manifest) waiting for S3.
+
+Every state a crash can leave is recognisable from file names alone, so a restart finishes the work:
+  <stem>.jsonl                       receiving, or sealed half-way
+  <stem>.jsonl.gz + .manifest.json   sealed: to upload, data first, then manifest
+  <stem>.manifest.json alone         data object already in S3, manifest still to upload
+  *.tmp                              a write that did not finish; its source is still there
+Sealing writes the manifest last (after the gzip) and only then deletes the JSONL, so a stem is never
+lost and never shipped under two keys: the key comes from the stem.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from io import BufferedWriter
+from pathlib import Path
+from typing import BinaryIO
+
+from collector import manifest
+from collector.frames import Trade, parse_message
+from collector.keys import Part
+from collector.stats import FileStats, IdTracker
+
+log = logging.getLogger("collector.spool")
+
+JSONL = ".jsonl"
+GZ = ".jsonl.gz"
+MANIFEST = ".manifest.json"
+TMP = ".tmp"
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    """A file ready to ship. `data` is None when only the manifest is left to upload."""
+
+    part: Part
+    data: Path | None
+    manifest: Path
+
+    @property
+    def disk_bytes(self) -> int:
+        return sum(p.stat().st_size for p in (self.data, self.manifest) if p is not None and p.exists())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    tmp = path.with_name(path.name + TMP)
+    with tmp.open("wb") as out:
+        write(out)
+        out.flush()
+        os.fsync(out.fileno())
+    tmp.rename(path)
+
+
+class Spool:
+    def __init__(self, directory: Path, *, bucket: str, gzip_level: int, clock_ms: Callable[[], int]) -> None:
+        self.dir = directory
+        self.bucket = bucket
+        self.gzip_level = gzip_level
+        self.clock_ms = clock_ms
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def path(self, part: Part, suffix: str) -> Path:
+        return self.dir / (part.stem + suffix)
+
+    def open_for_append(self, part: Part) -> BufferedWriter:
+        return self.path(part, JSONL).open("ab")
+
+    def usage_bytes(self) -> int:
+        return sum(entry.stat().st_size for entry in os.scandir(self.dir) if entry.is_file())
+
+    # sealing runs in a worker thread: compression and hashing release the GIL
+
+    def seal(self, part: Part, stats: FileStats) -> Sealed:
+        """fsync, gzip, hash, write the manifest, delete the JSONL. `stats` describe the JSONL as is."""
+        source = self.path(part, JSONL)
+        with source.open("rb") as src:
+            os.fsync(src.fileno())
+
+            def compress(out: BinaryIO) -> None:
+                with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=self.gzip_level, mtime=0) as gz:
+                    shutil.copyfileobj(src, gz, 1 << 16)
+
+            return self._finish(part, stats, source, compress)
+
+    def _finish(self, part: Part, stats: FileStats, source: Path, compress: Callable[[BinaryIO], object]) -> Sealed:
+        data = self.path(part, GZ)
+        _write_atomically(data, compress)
+        with data.open("rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        doc = manifest.build(
+            part=part, stats=stats, bucket=self.bucket, compressed_bytes=data.stat().st_size,
+            sha256=digest, created_at_ms=self.clock_ms(),
+        )
+        manifest_path = self.path(part, MANIFEST)
+        _write_atomically(manifest_path, lambda out: out.write(manifest.encode(doc)))
+        source.unlink()
+        _fsync_dir(self.dir)
+        return Sealed(part, data, manifest_path)
+
+    def _reseal(self, part: Part, source: Path) -> Sealed | None:
+        """A JSONL left by a previous run: keep every complete trade line, count the rest as malformed."""
+        stats, ids, kept = FileStats(), IdTracker(), []
+        with source.open("rb") as src:
+            for line in src:
+                parsed = parse_message(line[:-1], text=True, symbol=part.symbol) if line.endswith(b"\n") else None
+                if isinstance(parsed, Trade):
+                    kept.append(line)
+                    stats.add(parsed, len(line), ids.advance(parsed.trade_id))
+                else:
+                    stats.malformed_messages += 1
+        if not kept:
+            log.warning("spool: %s holds no complete trade; removing it", source.name)
+            source.unlink()
+            return None
+        if stats.malformed_messages:
+            log.warning("spool: %s: %d incomplete or invalid line(s) left out", source.name, stats.malformed_messages)
+
+        def compress(out: BinaryIO) -> None:
+            with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=self.gzip_level, mtime=0) as gz:
+                gz.writelines(kept)
+
+        return self._finish(part, stats, source, compress)
+
+    def recover(self, instance_id: str) -> list[Sealed]:
+        """Sweep at start: finish every file a previous run left, oldest first."""
+        for tmp in self.dir.glob("*" + TMP):
+            tmp.unlink()
+        stems: dict[str, set[str]] = {}
+        for entry in self.dir.iterdir():
+            for suffix in (GZ, MANIFEST, JSONL):
+                if entry.name.endswith(suffix):
+                    stems.setdefault(entry.name[: -len(suffix)], set()).add(suffix)
+                    break
+            else:
+                log.warning("spool: ignoring unknown file %s", entry.name)
+        sealed: list[Sealed] = []
+        for stem, suffixes in stems.items():
+            try:
+                part = Part.from_stem(stem)
+            except ValueError:
+                log.warning("spool: ignoring unknown file stem %s", stem)
+                continue
+            if part.instance_id != instance_id:
+                # Another instance id (config change, copied disk): ship under the id that wrote it.
+                log.warning("spool: %s was written as instance %s; shipping it under that id", stem, part.instance_id)
+            if MANIFEST in suffixes:
+                if JSONL in suffixes:  # crashed after the manifest, before removing the source
+                    self.path(part, JSONL).unlink()
+                data = self.path(part, GZ) if GZ in suffixes else None
+                sealed.append(Sealed(part, data, self.path(part, MANIFEST)))
+            elif JSONL in suffixes:
+                if GZ in suffixes:  # crashed between gzip and manifest: redo from the source
+                    self.path(part, GZ).unlink()
+                resealed = self._reseal(part, self.path(part, JSONL))
+                if resealed is not None:
+                    sealed.append(resealed)
+            else:
+                # A gzip with neither source nor manifest cannot happen with the order above.
+                log.error("spool: %s has no manifest and no source; leaving it for an operator", stem)
+        sealed.sort(key=lambda s: (s.part.opened_at_ms, s.part.symbol))
+        if sealed:
+            log.info("spool: recovered %d file(s) from a previous run", len(sealed))
+        return sealed
+
+    def remove(self, item: Sealed) -> None:
+        """Both objects are in S3: the local copies may go. Data first, so a crash leaves the manifest."""
+        if item.data is not None:
+            item.data.unlink(missing_ok=True)
+        item.manifest.unlink(missing_ok=True)

@@ -1,0 +1,73 @@
+"""Statistics of one spool file, and trade-id continuity across the files of one run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from collector.frames import Trade
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Trade ids `first..last` (inclusive) were never received."""
+
+    first: int
+    last: int
+
+    @property
+    def missing(self) -> int:
+        return self.last - self.first + 1
+
+
+class IdTracker:
+    """Last trade id seen for a symbol in this run, so that gaps across files and reconnects are found."""
+
+    __slots__ = ("last_id",)
+
+    def __init__(self) -> None:
+        self.last_id: int | None = None
+
+    def advance(self, trade_id: int) -> Gap | None:
+        previous, self.last_id = self.last_id, trade_id
+        if previous is not None and trade_id > previous + 1:
+            return Gap(previous + 1, trade_id - 1)
+        return None
+
+
+@dataclass(slots=True)
+class FileStats:
+    """What the manifest says about one data file; `add` is on the hot path, so it stays minimal."""
+
+    record_count: int = 0
+    uncompressed_bytes: int = 0
+    min_event_time: int = 0
+    max_event_time: int = 0
+    min_trade_time: int = 0
+    max_trade_time: int = 0
+    first_trade_id: int = 0
+    last_trade_id: int = 0
+    malformed_messages: int = 0
+    trade_id_gaps: int = 0
+    missing_trade_ids: int = 0
+    reconnects: int = 0
+
+    def add(self, trade: Trade, line_bytes: int, gap: Gap | None) -> None:
+        if self.record_count == 0:
+            self.min_event_time = self.max_event_time = trade.event_time
+            self.min_trade_time = self.max_trade_time = trade.trade_time
+            self.first_trade_id = trade.trade_id
+        else:
+            if trade.event_time < self.min_event_time:
+                self.min_event_time = trade.event_time
+            elif trade.event_time > self.max_event_time:
+                self.max_event_time = trade.event_time
+            if trade.trade_time < self.min_trade_time:
+                self.min_trade_time = trade.trade_time
+            elif trade.trade_time > self.max_trade_time:
+                self.max_trade_time = trade.trade_time
+        self.last_trade_id = trade.trade_id
+        self.record_count += 1
+        self.uncompressed_bytes += line_bytes
+        if gap is not None:
+            self.trade_id_gaps += 1
+            self.missing_trade_ids += gap.missing

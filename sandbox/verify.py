@@ -1,0 +1,92 @@
+"""Re-check what landed in S3 against the manifests: hashes, counts, ids, byte-exact lines, coverage."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from collector.keys import DATA_PREFIX, MANIFEST_PREFIX
+
+
+@dataclass
+class ObjectReport:
+    key: str
+    symbol: str
+    records: int
+    uncompressed_bytes: int
+    compressed_bytes: int
+    first_trade_id: int
+    last_trade_id: int
+    problems: list[str]
+
+
+@dataclass
+class Landing:
+    """Everything under `raw/` and `manifests/`, checked."""
+
+    objects: list[ObjectReport] = field(default_factory=list)
+    lines: dict[str, list[bytes]] = field(default_factory=dict)  # per symbol, in key order
+    manifests: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def ids(self, symbol: str) -> list[int]:
+        return [orjson.loads(line)["t"] for line in self.lines.get(symbol, [])]
+
+
+def _keys(client: Any, bucket: str, prefix: str) -> list[str]:
+    keys: list[str] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys += [obj["Key"] for obj in page.get("Contents", [])]
+    return sorted(keys)
+
+
+def check_bucket(client: Any, bucket: str) -> Landing:
+    landing = Landing()
+    data_keys = set(_keys(client, bucket, DATA_PREFIX))
+    for manifest_key in _keys(client, bucket, MANIFEST_PREFIX):
+        doc = orjson.loads(client.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
+        landing.manifests.append(doc)
+        payload = doc["payload"]
+        key = payload["key"]
+        problems: list[str] = []
+        if key not in data_keys:
+            landing.problems.append(f"{manifest_key}: data object {key} missing")
+            continue
+        data_keys.discard(key)
+        head = client.head_object(Bucket=bucket, Key=key)
+        if head.get("ServerSideEncryption") != "AES256":
+            problems.append("not encrypted with AES256")
+        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        if hashlib.sha256(body).hexdigest() != payload["sha256"]:
+            problems.append("sha256 differs from the manifest")
+        if len(body) != payload["compressed_bytes"]:
+            problems.append("compressed size differs from the manifest")
+        raw = gzip.decompress(body)
+        lines = raw.split(b"\n")
+        if lines[-1] != b"":
+            problems.append("last line not newline-terminated")
+        lines = lines[:-1]
+        ids = [orjson.loads(line)["t"] for line in lines]
+        if len(lines) != payload["record_count"]:
+            problems.append(f"{len(lines)} lines, manifest says {payload['record_count']}")
+        if len(raw) != payload["uncompressed_bytes"]:
+            problems.append("uncompressed size differs from the manifest")
+        if ids and (ids[0] != payload["first_trade_id"] or ids[-1] != payload["last_trade_id"]):
+            problems.append("first/last trade id differ from the manifest")
+        symbol = doc["source"]["symbol"]
+        landing.lines.setdefault(symbol, []).extend(lines)
+        landing.objects.append(ObjectReport(key, symbol, len(lines), len(raw), len(body),
+                                            payload["first_trade_id"], payload["last_trade_id"], problems))
+        landing.problems += [f"{key}: {p}" for p in problems]
+    landing.problems += [f"{key}: data object without a manifest" for key in sorted(data_keys)]
+    return landing
+
+
+def coverage(landed_ids: list[int], sent_ids: set[int]) -> tuple[int, int, int]:
+    """(sent ids that landed, sent ids, duplicate lines) — duplicates are allowed (at least once)."""
+    unique = set(landed_ids)
+    return len(sent_ids & unique), len(sent_ids), len(landed_ids) - len(unique)

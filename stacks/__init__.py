@@ -1,0 +1,1 @@
+"""Infrastructure: one stack composed of one construct per concern (bucket, fleet)."""

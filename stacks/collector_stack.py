@@ -1,0 +1,67 @@
+"""The one stack: raw bucket + collector fleet, and the single permission that connects them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aws_cdk as cdk
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
+from constructs import Construct
+
+from collector.keys import DATA_PREFIX, MANIFEST_PREFIX
+from stacks.fleet import CollectorFleet
+from stacks.raw_bucket import RawBucket
+from stacks.settings import Settings
+from userdata import render_user_data
+
+HTTPS_PORT = 443  # PyPI, the dnf mirrors and S3
+
+
+class CollectorStack(cdk.Stack):
+    def __init__(self, scope: Construct, construct_id: str, *, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        self.raw_bucket = RawBucket(self, "RawBucket", destroy_data=settings.destroy_data)
+        bucket = self.raw_bucket.bucket
+
+        # Bucket name and region stay tokens here, so the user-data is identical on every synth.
+        script = render_user_data(
+            bucket=bucket.bucket_name,
+            region=cdk.Aws.REGION,
+            symbols=",".join(settings.symbols),
+            ws_url=settings.ws_url,
+        )
+        self.fleet = CollectorFleet(
+            self,
+            "Fleet",
+            instance_count=settings.instance_count,
+            instance_type=ec2.InstanceType(settings.instance_type),
+            user_data=ec2.UserData.custom(script),
+            egress_ports=(HTTPS_PORT, settings.ws_port),
+            ssm_access=settings.ssm_access,
+        )
+
+        # Written out because bucket.grant_put() would add PutObjectTagging, PutObjectRetention, Abort* etc.
+        self.put_statement = iam.PolicyStatement(
+            sid="PutCollectedObjects",
+            actions=["s3:PutObject"],
+            resources=[bucket.arn_for_objects(f"{prefix}*") for prefix in (DATA_PREFIX, MANIFEST_PREFIX)],
+        )
+        self.fleet.role.add_to_principal_policy(self.put_statement)
+        for prefix in (DATA_PREFIX, MANIFEST_PREFIX):
+            cdk.Validations.of(self.fleet.role).acknowledge(
+                cdk.Acknowledgment(
+                    id=f"AwsSolutions-IAM5[Resource::<{self.get_logical_id(bucket.node.default_child)}.Arn>/{prefix}*]",
+                    reason=f"Every collected file gets a new key under {prefix}; the wildcard is limited to "
+                    "that prefix of this stack's bucket and to s3:PutObject.",
+                )
+            )
+
+        cdk.CfnOutput(self, "BucketName", value=bucket.bucket_name, description="where the trades land")
+        cdk.CfnOutput(self, "InstanceRoleArn", value=self.fleet.role.role_arn, description="collectors' role")
+        cdk.CfnOutput(
+            self,
+            "InstanceIds",
+            value=cdk.Fn.join(",", [instance.instance_id for instance in self.fleet.instances]),
+            description="comma-separated collector instance ids",
+        )

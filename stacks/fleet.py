@@ -1,0 +1,132 @@
+"""The collector instances and the network they run in."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import aws_cdk as cdk
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
+from constructs import Construct
+
+ROOT_DEVICE = "/dev/xvda"  # Amazon Linux 2023's root device name
+ROOT_VOLUME_GIB = 8  # the AMI's own size; the spool is capped at 1 GiB (collector.config.SPOOL_MAX_BYTES)
+
+
+class CollectorFleet(Construct):
+    """`instance_count` instances spread over the public subnets of a VPC without NAT gateways.
+
+    No inbound rules and no key pair. Outbound only to `egress_ports` over TCP: instances need a public IP to
+    reach Binance without NAT, and nothing else should leave them. The role starts empty: the stack grants
+    what the instances may do in S3.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        instance_count: int,
+        instance_type: ec2.InstanceType,
+        user_data: ec2.UserData,
+        egress_ports: Iterable[int],
+        ssm_access: bool,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.vpc = ec2.Vpc(
+            self,
+            "Vpc",
+            max_azs=3,
+            nat_gateways=0,
+            subnet_configuration=[
+                ec2.SubnetConfiguration(name="Public", subnet_type=ec2.SubnetType.PUBLIC, cidr_mask=24)
+            ],
+            # Uploads go to S3 through the gateway endpoint, not over the internet.
+            gateway_endpoints={"S3": ec2.GatewayVpcEndpointOptions(service=ec2.GatewayVpcEndpointAwsService.S3)},
+        )
+        cdk.Validations.of(self.vpc).acknowledge(
+            cdk.Acknowledgment(
+                id="AwsSolutions-VPC7",
+                reason="The VPC has no inbound path (no security group ingress) and carries only the "
+                "collectors' own outbound HTTPS/WebSocket traffic; flow logs would add a log group and "
+                "per-GB cost without a consumer.",
+            )
+        )
+
+        self.security_group = ec2.SecurityGroup(
+            self,
+            "SecurityGroup",
+            vpc=self.vpc,
+            allow_all_outbound=False,
+            description="Collector instances: no inbound; outbound HTTPS and the Binance WebSocket port",
+        )
+        # DNS, IMDS and time sync use link-local addresses that security groups do not filter.
+        for port in sorted(set(egress_ports)):
+            self.security_group.add_egress_rule(ec2.Peer.any_ipv4(), ec2.Port.tcp(port), f"outbound TCP {port}")
+
+        self.role = iam.Role(
+            self,
+            "Role",
+            assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
+            description="Binance collector instances: PutObject into the raw bucket's data and manifest prefixes",
+        )
+        if ssm_access:
+            self.role.add_managed_policy(
+                iam.ManagedPolicy.from_aws_managed_policy_name("AmazonSSMManagedInstanceCore")
+            )
+            cdk.Validations.of(self.role).acknowledge(
+                cdk.Acknowledgment(
+                    id="AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonSSMManagedInstanceCore]",
+                    reason="Opt-in (context ssmAccess=true) for operator shell access via Session Manager; "
+                    "AWS maintains this policy for exactly that purpose and it grants no S3 access.",
+                )
+            )
+        instance_profile = iam.InstanceProfile(self, "InstanceProfile", role=self.role)
+
+        # Match the image to the instance type's architecture, so `-c instanceType=t4g.micro` just works.
+        machine_image = ec2.MachineImage.latest_amazon_linux2023(
+            cpu_type=ec2.AmazonLinuxCpuType.ARM_64
+            if instance_type.architecture == ec2.InstanceArchitecture.ARM_64
+            else ec2.AmazonLinuxCpuType.X86_64
+        )
+        subnets = self.vpc.public_subnets
+        self.instances = [
+            ec2.Instance(
+                self,
+                f"Collector{index}",
+                vpc=self.vpc,
+                vpc_subnets=ec2.SubnetSelection(subnets=[subnets[index % len(subnets)]]),
+                associate_public_ip_address=True,
+                instance_type=instance_type,
+                machine_image=machine_image,
+                instance_profile=instance_profile,
+                security_group=self.security_group,
+                user_data=user_data,
+                user_data_causes_replacement=True,
+                require_imdsv2=True,
+                credit_specification=ec2.CpuCredits.STANDARD,
+                block_devices=[
+                    ec2.BlockDevice(
+                        device_name=ROOT_DEVICE,
+                        volume=ec2.BlockDeviceVolume.ebs(
+                            ROOT_VOLUME_GIB, encrypted=True, volume_type=ec2.EbsDeviceVolumeType.GP3
+                        ),
+                    )
+                ],
+            )
+            for index in range(instance_count)
+        ]
+        for instance in self.instances:
+            cdk.Validations.of(instance).acknowledge(
+                cdk.Acknowledgment(
+                    id="AwsSolutions-EC28",
+                    reason="Basic 5-minute CloudWatch metrics suffice for a collector whose output is visible "
+                    "in S3 every few seconds; detailed monitoring costs extra per instance.",
+                ),
+                cdk.Acknowledgment(
+                    id="AwsSolutions-EC29",
+                    reason="The instances hold no state worth protecting (the spool is shipped on SIGTERM, the "
+                    "data lives in the retained bucket) and a code change must be able to replace them; "
+                    "termination protection would block `cdk deploy` and `cdk destroy`.",
+                ),
+            )

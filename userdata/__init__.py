@@ -1,0 +1,76 @@
+"""Boot of a collector instance: the user-data script and the systemd unit, both rendered at synth time.
+
+`bootstrap.sh` and `collector.service` beside this file are the templates; `@NAME@` marks a value filled in
+here. Values may be CDK token strings (bucket name, region), which CloudFormation resolves at deploy time, so
+the same code always synthesizes the same user-data.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from collector.config import SHUTDOWN_TIMEOUT
+from userdata.archive import COLLECTOR_DIR, collector_archive
+
+# websockets 17 needs Python >= 3.11; 3.11 is also what the test suite runs on.
+PYTHON = "python3.11"
+APP_DIR = "/opt/collector/app"
+VENV_DIR = "/opt/collector/venv"
+ENV_DIR = "/etc/collector"
+ENV_FILE = f"{ENV_DIR}/collector.env"
+UNIT_NAME = "collector.service"
+# Headroom after the collector's own SHUTDOWN_TIMEOUT for interpreter exit and a slow final upload.
+STOP_MARGIN_SECONDS = 30
+# EC2 rejects raw (pre-base64) user-data above this many bytes; neither synth nor cfn-lint notices.
+USER_DATA_LIMIT = 16_384
+# Longest values the deploy-time tokens can take: S3 allows 63-character bucket names; regions are shorter.
+_WORST_CASE_TOKENS = {"BUCKET": "b" * 63, "REGION": "r" * 25}
+
+_TEMPLATES = Path(__file__).resolve().parent
+_MARKER = re.compile(r"@([A-Z_]+)@")
+
+
+def _fill(template_name: str, values: Mapping[str, str]) -> str:
+    """One pass, so a value can never be mistaken for a marker; every marker needs a value and vice versa."""
+    template = (_TEMPLATES / template_name).read_text()
+    markers = set(_MARKER.findall(template))
+    if markers != values.keys():
+        raise KeyError(f"{template_name}: markers {sorted(markers)} but values for {sorted(values)}")
+    return _MARKER.sub(lambda match: values[match[1]], template)
+
+
+def render_unit() -> str:
+    """The systemd unit, hardened to score <= 2.0 in `systemd-analyze security`."""
+    return _fill("collector.service", {
+        "APP_DIR": APP_DIR,
+        "VENV_DIR": VENV_DIR,
+        "ENV_FILE": ENV_FILE,
+        "TIMEOUT_STOP_SEC": str(math.ceil(SHUTDOWN_TIMEOUT) + STOP_MARGIN_SECONDS),
+    })
+
+
+def render_user_data(
+    *, bucket: str, region: str, symbols: str, ws_url: str, collector_dir: Path = COLLECTOR_DIR
+) -> str:
+    """The bash user-data script; raises ValueError if it could exceed EC2's limit once tokens resolve."""
+    archive = base64.encodebytes(collector_archive(collector_dir)).decode("ascii").rstrip("\n")
+    values = {
+        "PYTHON": PYTHON,
+        "APP_DIR": APP_DIR,
+        "VENV_DIR": VENV_DIR,
+        "ENV_DIR": ENV_DIR,
+        "ENV_FILE": ENV_FILE,
+        "UNIT_NAME": UNIT_NAME,
+        "UNIT": render_unit().rstrip("\n"),
+        "ARCHIVE": archive,
+        "SYMBOLS": symbols,
+        "WS_URL": ws_url,
+    }
+    worst_case = len(_fill("bootstrap.sh", values | _WORST_CASE_TOKENS).encode())
+    if worst_case > USER_DATA_LIMIT:
+        raise ValueError(f"user-data would be {worst_case} bytes, above EC2's {USER_DATA_LIMIT}-byte limit")
+    return _fill("bootstrap.sh", values | {"BUCKET": bucket, "REGION": region})
