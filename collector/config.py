@@ -11,9 +11,11 @@ import re
 import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
+
+from collector.frames import MAX_MESSAGE_BYTES
 
 BINANCE_WS_URL = "wss://stream.binance.com:9443"
 ROTATE_BYTES = 2_097_152
@@ -61,6 +63,14 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise ValueError("must be a positive integer")
+    return value
+
+
+def _rotate_bytes(text: str) -> int:
+    value = _positive_int(text)
+    # A file must hold the largest message we accept, or that message would overflow its file.
+    if value <= MAX_MESSAGE_BYTES:
+        raise ValueError(f"must be at least {MAX_MESSAGE_BYTES + 1} (the largest accepted message)")
     return value
 
 
@@ -150,7 +160,7 @@ def _options(environ: Mapping[str, str]) -> list[_Option]:
         _Option("instance_id", _instance_id, socket.gethostname().split(".")[0] or "local",
                 "goes into keys and manifests (the user-data sets the EC2 instance id)"),
         _Option("spool_dir", Path, _default_spool_dir(environ), "local spool directory"),
-        _Option("rotate_bytes", _positive_int, str(ROTATE_BYTES), "rotate at this many uncompressed bytes"),
+        _Option("rotate_bytes", _rotate_bytes, str(ROTATE_BYTES), "rotate at this many uncompressed bytes"),
         _Option("rotate_seconds", _positive_float, str(ROTATE_SECONDS), "rotate after this many seconds"),
         _Option("upload_attempts", _positive_int, str(UPLOAD_ATTEMPTS),
                 "tries per upload before it is re-queued on disk"),
@@ -203,9 +213,7 @@ def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None =
             values[opt.field] = opt.parse(raw)
         except ValueError as exc:
             raise ConfigError(f"{source}={raw!r}: {exc}") from None
-    config = Config(**values)
-    assert {f.name for f in fields(Config)} == values.keys()
-    return config
+    return Config(**values)
 
 
 def parse_or_exit(argv: Sequence[str] | None = None) -> Config:

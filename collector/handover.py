@@ -21,14 +21,18 @@ class Handover:
         if self.joined:
             return False
         self.last_id = trade.trade_id
+        self._check_joined()
         return True
 
     def from_new(self, trade: Trade) -> list[Trade]:
         """Trades of the new connection to keep now, in order."""
         self.held.append(trade)
-        if not self.joined and (self.last_id is None or trade.trade_id <= self.last_id + 1):
-            self.joined = True
+        self._check_joined()
         return self.release() if self.joined else []
+
+    def _check_joined(self) -> None:
+        if self.held and (self.last_id is None or self.held[0].trade_id <= self.last_id + 1):
+            self.joined = True
 
     def release(self) -> list[Trade]:
         """Everything held past the last id passed; used when joining, or when the wait is given up."""

@@ -36,7 +36,7 @@ class Rotator:
         self.rotate_ms = int(rotate_seconds * 1000)
         self.current: SpoolFile | None = None
         self.ids = IdTracker()
-        self._last_opened_ms = 0
+        self._last_opened_ms = -1
         # Counted while no file is open; they belong to the next file.
         self._pending_malformed = 0
         self._pending_reconnects = 0

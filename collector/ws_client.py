@@ -251,14 +251,18 @@ class SymbolStream:
         if type(parsed) is Trade:
             handover = self._handover
             if link is self._link:
-                if handover is None or handover.from_old(parsed):
+                if handover is None:
+                    self.sink.on_trade(self.symbol, parsed)
+                    return
+                if handover.from_old(parsed):
                     self.sink.on_trade(self.symbol, parsed)
             elif handover is not None:
                 for trade in handover.from_new(parsed):
                     self.sink.on_trade(self.symbol, trade)
-                if handover.joined:
-                    self._wake.set()
-            # else: a link being closed after a handover; the current link covers its trades.
+            else:
+                return  # a link being closed after a handover: the current link covers its trades
+            if handover.joined:
+                self._wake.set()
             return
         if parsed is Notice.SERVER_SHUTDOWN:
             reason = "serverShutdown notice"

@@ -71,6 +71,7 @@ class Feed:
         burst_seconds: float = 0.05,
         ping_interval: float | None = BINANCE_PING_SECONDS,
         max_connection_seconds: float | None = None,
+        keep_messages: bool = False,
         seed: int = 1,
     ) -> None:
         self.port = port
@@ -80,6 +81,8 @@ class Feed:
         self.max_connection_seconds = max_connection_seconds
         self.rng = random.Random(seed)
         self.markets: dict[str, Market] = {}
+        # Every message sent, by (symbol, id), for byte-for-byte checks; off for long or fast runs.
+        self.messages: dict[tuple[str, int], bytes] | None = {} if keep_messages else None
         self.refuse_status: int | None = None
         self.silent = False
         self.handshakes = 0
@@ -141,7 +144,10 @@ class Feed:
             first = market.next_id
             frames = []
             for n in range(count):
-                frames.append(Frame(Opcode.TEXT, trade_message(market.symbol, first + n, now_ms, self.rng)))
+                message = trade_message(market.symbol, first + n, now_ms, self.rng)
+                if self.messages is not None:
+                    self.messages[market.symbol, first + n] = message
+                frames.append(Frame(Opcode.TEXT, message))
             market.next_id += count
             self._broadcast(market, frames, first, first + count - 1)
 
@@ -180,6 +186,10 @@ class Feed:
                 await connection.close(1001, "server shutdown")
 
         self._tasks.append(asyncio.create_task(close_later()))
+
+    def skip_trades(self, symbol: str, count: int) -> None:
+        """Trades that happen but are never sent: what a client sees as a gap in trade ids."""
+        self.markets[symbol].next_id += count
 
     def drop_connections(self) -> None:
         """Cut every connection without a close frame, as a network failure does."""

@@ -1,0 +1,40 @@
+from collector.frames import Trade
+from collector.handover import Handover
+
+
+def t(trade_id: int) -> Trade:
+    return Trade(b"%d" % trade_id, trade_id, 0, 0)
+
+
+def ids(trades):
+    return [x.trade_id for x in trades]
+
+
+def test_new_stream_joining_behind_the_old_drops_the_overlap():
+    h = Handover(last_id=10)
+    assert h.from_old(t(11))
+    assert ids(h.from_new(t(9))) == []  # already delivered by the old stream
+    assert h.joined
+    assert ids(h.from_new(t(12))) == [12]
+    assert not h.from_old(t(12))  # the old stream is now redundant
+
+
+def test_new_stream_ahead_of_the_old_is_held_until_the_old_catches_up():
+    h = Handover(last_id=10)
+    assert ids(h.from_new(t(13))) == []  # 11 and 12 are still in flight on the old stream
+    assert ids(h.from_new(t(14))) == []
+    assert h.from_old(t(11)) and h.from_old(t(12))
+    assert h.joined
+    assert ids(h.from_new(t(15))) == [13, 14, 15]
+
+
+def test_giving_up_releases_what_was_held_and_leaves_the_gap_visible():
+    h = Handover(last_id=10)
+    h.from_new(t(20))
+    assert ids(h.release()) == [20]
+    assert h.last_id == 20
+
+
+def test_nothing_delivered_yet_joins_at_once():
+    h = Handover(last_id=None)
+    assert ids(h.from_new(t(5))) == [5]
