@@ -341,7 +341,8 @@ class SymbolStream:
         started = loop.time()
         self._planned = False
         while True:
-            await self._wait(link.closed, timeout=self.ping_interval / 2)
+            until_handover = started + self.connection_lifetime - loop.time()
+            await self._wait(link.closed, timeout=max(0.0, min(self.ping_interval / 2, until_handover)))
             now = loop.time()
             if link.closed.done():
                 reason = link.closed.result()
@@ -362,12 +363,15 @@ class SymbolStream:
                 if await self._hand_over(link, why):
                     return
                 started, self._planned = loop.time(), False
-        log.warning("%s: disconnected: %s", self.symbol, reason)
         self._link = None
+        if self._stopping or not self._running.is_set():
+            log.info("%s: disconnected: %s", self.symbol, reason)
+            return
         if loop.time() - started >= STABLE_CONNECTION_SECONDS:
             self.backoff.reset()
-        if not self._stopping and self._running.is_set():
-            await self._wait(timeout=self.backoff.next())
+        delay = self.backoff.next()
+        log.warning("%s: disconnected: %s; reconnecting in %.2f s", self.symbol, reason, delay)
+        await self._wait(timeout=delay)
 
     async def _hand_over(self, old: Link, why: str) -> bool:
         """Open a new link while `old` keeps delivering, join them by trade id, close `old`.

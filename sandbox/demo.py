@@ -52,7 +52,8 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             collector.send_signal(signal.SIGTERM)
         status = collector.wait(timeout=SHUTDOWN_TIMEOUT + 30)
-        print(f"demo: collector stopped with status {status}; spool left: {sorted(p.name for p in spool.iterdir()) or 'empty'}")
+        left = sorted(p.name for p in spool.iterdir()) or "empty"
+        print(f"demo: collector stopped with status {status}; spool left: {left}")
 
         landing = check_bucket(s3.client(), BUCKET)
         print(f"\n{'key':<110} {'records':>8} {'raw B':>9} {'gzip B':>8}")

@@ -83,6 +83,7 @@ class Feed:
         self.markets: dict[str, Market] = {}
         # Every message sent, by (symbol, id), for byte-for-byte checks; off for long or fast runs.
         self.messages: dict[tuple[str, int], bytes] | None = {} if keep_messages else None
+        self.skipped: set[tuple[str, int]] = set()
         self.refuse_status: int | None = None
         self.silent = False
         self.handshakes = 0
@@ -189,7 +190,9 @@ class Feed:
 
     def skip_trades(self, symbol: str, count: int) -> None:
         """Trades that happen but are never sent: what a client sees as a gap in trade ids."""
-        self.markets[symbol].next_id += count
+        market = self.markets[symbol]
+        self.skipped.update((symbol, i) for i in range(market.next_id, market.next_id + count))
+        market.next_id += count
 
     def drop_connections(self) -> None:
         """Cut every connection without a close frame, as a network failure does."""
@@ -217,7 +220,7 @@ class Feed:
             for sub in self.markets.get(symbol, Market(symbol)).subscribers
             if sub.first_id is not None and sub.last_id is not None
         ]
-        return {i for first, last in ranges for i in range(first, last + 1)}
+        return {i for first, last in ranges for i in range(first, last + 1) if (symbol, i) not in self.skipped}
 
     # lifecycle
 
@@ -232,6 +235,8 @@ class Feed:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
+        # A silent connection cannot finish a closing handshake; stopping must not wait for one.
+        self.drop_connections()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
