@@ -49,7 +49,9 @@ class S3Uploader:
     def put(self, key: str, path: Path, content_type: str) -> bool:
         """Upload `path` to `key`; True if it was written now, False if it was already there (412)."""
         body = path.read_bytes()
-        for attempt in range(1, self.attempts + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 self.client.put_object(
                     Bucket=self.bucket, Key=key, Body=body, ContentType=content_type,
@@ -64,11 +66,10 @@ class S3Uploader:
                 error = f"HTTP {status} {exc.response.get('Error', {}).get('Code', '')}"
             except BotoCoreError as exc:
                 error = str(exc)
-            if attempt == self.attempts or self.stop.is_set():
+            if attempt >= self.attempts or self.stop.is_set():
                 raise UploadFailed(f"{key}: {error} (attempt {attempt}/{self.attempts})")
             delay = FIRST_RETRY_SECONDS * 2 ** (attempt - 1)
             log.warning("upload of %s failed (%s); attempt %d/%d, retrying in %.1f s",
                         key, error, attempt, self.attempts, delay)
             if self.stop.wait(delay):
                 raise UploadFailed(f"{key}: {error} (stopped while retrying)")
-        raise AssertionError("unreachable")

@@ -43,10 +43,6 @@ class Sealed:
     data: Path | None
     manifest: Path
 
-    @property
-    def disk_bytes(self) -> int:
-        return sum(p.stat().st_size for p in (self.data, self.manifest) if p is not None and p.exists())
-
 
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import aws_cdk as cdk
@@ -13,9 +14,12 @@ from collector.keys import DATA_PREFIX, MANIFEST_PREFIX
 from stacks.fleet import CollectorFleet
 from stacks.raw_bucket import RawBucket
 from stacks.settings import Settings
-from userdata import render_user_data
+from userdata import ARCHIVE_PATH, render_user_data
+from userdata.archive import collector_archive
 
-HTTPS_PORT = 443  # PyPI, the dnf mirrors and S3
+HTTPS_PORT = 443  # PyPI, the dnf mirrors, CloudFormation and S3
+# How long CloudFormation waits for a new instance to report a running collector (dnf, PyPI, start-up).
+BOOT_TIMEOUT = cdk.Duration.minutes(15)
 
 
 class CollectorStack(cdk.Stack):
@@ -24,19 +28,35 @@ class CollectorStack(cdk.Stack):
         self.raw_bucket = RawBucket(self, "RawBucket", destroy_data=settings.destroy_data)
         bucket = self.raw_bucket.bucket
 
-        # Bucket name and region stay tokens here, so the user-data is identical on every synth.
-        script = render_user_data(
-            bucket=bucket.bucket_name,
-            region=cdk.Aws.REGION,
-            symbols=",".join(settings.symbols),
-            ws_url=settings.ws_url,
+        # The collector travels in the template (each instance's AWS::CloudFormation::Init metadata), as it is
+        # too big for the user-data; the user-data pins its sha256. Nothing is fetched from S3 or elsewhere.
+        archive = collector_archive()
+        init = ec2.CloudFormationInit.from_elements(
+            ec2.InitFile.from_string(
+                ARCHIVE_PATH, base64.b64encode(archive).decode("ascii"), base64_encoded=True, mode="000600"
+            )
         )
+
+        # Bucket, region, stack name and logical id stay tokens here, so the user-data is identical on every synth.
+        def user_data(resource: str) -> str:
+            return render_user_data(
+                archive=archive,
+                bucket=bucket.bucket_name,
+                region=cdk.Aws.REGION,
+                stack=cdk.Aws.STACK_NAME,
+                resource=resource,
+                symbols=",".join(settings.symbols),
+                ws_url=settings.ws_url,
+            )
+
         self.fleet = CollectorFleet(
             self,
             "Fleet",
             instance_count=settings.instance_count,
             instance_type=ec2.InstanceType(settings.instance_type),
-            user_data=ec2.UserData.custom(script),
+            user_data=user_data,
+            init=init,
+            signal_timeout=BOOT_TIMEOUT,
             egress_ports=(HTTPS_PORT, settings.ws_port),
             ssm_access=settings.ssm_access,
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
@@ -11,14 +11,18 @@ from constructs import Construct
 
 ROOT_DEVICE = "/dev/xvda"  # Amazon Linux 2023's root device name
 ROOT_VOLUME_GIB = 8  # the AMI's own size; the spool is capped at 1 GiB (collector.config.SPOOL_MAX_BYTES)
+SHEBANG = "#!/bin/bash"  # what ec2.UserData.for_linux() puts first
 
 
 class CollectorFleet(Construct):
     """`instance_count` instances spread over the public subnets of a VPC without NAT gateways.
 
     No inbound rules and no key pair. Outbound only to `egress_ports` over TCP: instances need a public IP to
-    reach Binance without NAT, and nothing else should leave them. The role starts empty: the stack grants
-    what the instances may do in S3.
+    reach Binance without NAT, and nothing else should leave them. The role starts with only what cfn-init and
+    cfn-signal need on this stack: the stack grants what the instances may do in S3.
+
+    Boot: `user_data(logical_id)` renders each instance's script, which runs cfn-init itself to fetch `init`
+    from the instance's own metadata and signals the instance's CreationPolicy (`signal_timeout`) when done.
     """
 
     def __init__(
@@ -28,7 +32,9 @@ class CollectorFleet(Construct):
         *,
         instance_count: int,
         instance_type: ec2.InstanceType,
-        user_data: ec2.UserData,
+        user_data: Callable[[str], str],
+        init: ec2.CloudFormationInit,
+        signal_timeout: cdk.Duration,
         egress_ports: Iterable[int],
         ssm_access: bool,
     ) -> None:
@@ -90,8 +96,12 @@ class CollectorFleet(Construct):
             else ec2.AmazonLinuxCpuType.X86_64
         )
         subnets = self.vpc.public_subnets
-        self.instances = [
-            ec2.Instance(
+        self.instances: list[ec2.Instance] = []
+        for index in range(instance_count):
+            # The script names the instance's own logical id (for cfn-init and cfn-signal), which exists only
+            # once the instance does: start with an empty script and add the rendered body right after.
+            instance_user_data = ec2.UserData.for_linux(shebang=SHEBANG)
+            instance = ec2.Instance(
                 self,
                 f"Collector{index}",
                 vpc=self.vpc,
@@ -101,7 +111,8 @@ class CollectorFleet(Construct):
                 machine_image=machine_image,
                 instance_profile=instance_profile,
                 security_group=self.security_group,
-                user_data=user_data,
+                user_data=instance_user_data,
+                # The logical id (hence the instance) changes with the user-data, which pins the code's sha256.
                 user_data_causes_replacement=True,
                 require_imdsv2=True,
                 credit_specification=ec2.CpuCredits.STANDARD,
@@ -114,8 +125,27 @@ class CollectorFleet(Construct):
                     )
                 ],
             )
-            for index in range(instance_count)
-        ]
+            resource = instance.instance
+            script = user_data(resource.logical_id)
+            if not script.startswith(f"{SHEBANG}\n"):
+                raise ValueError(f"user-data must start with {SHEBANG!r}")
+            # Rendered as the shebang, a newline and the commands: exactly `script`.
+            instance_user_data.add_commands(script.removeprefix(f"{SHEBANG}\n"))
+            # Not Instance(init=...): CDK would append its own cfn-init and cfn-signal lines after the script, too
+            # late to unpack the archive and signalling before the collector runs. attach() renders the metadata
+            # and grants the role cloudformation:DescribeStackResource and SignalResource on this stack; the
+            # commands it writes go to a scratch UserData, as the script runs cfn-init and cfn-signal itself.
+            init.attach(
+                resource,
+                instance_role=self.role,
+                platform=ec2.OperatingSystemType.LINUX,
+                user_data=ec2.UserData.for_linux(),
+                embed_fingerprint=False,
+            )
+            resource.cfn_options.creation_policy = cdk.CfnCreationPolicy(
+                resource_signal=cdk.CfnResourceSignal(count=1, timeout=signal_timeout.to_iso_string())
+            )
+            self.instances.append(instance)
         for instance in self.instances:
             cdk.Validations.of(instance).acknowledge(
                 cdk.Acknowledgment(

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
 import json
 import os
+import re
 import subprocess
+import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +20,13 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk.assertions import Match, Template
 from cfnlint.api import lint
 
+import stacks.collector_stack
+import userdata
 from collector.config import BINANCE_WS_URL
 from stacks.application import STACK_NAME, create_app
 from stacks.settings import CONTEXT_KEYS, Settings
 from tests.cdk_support import REPO_ROOT, cdk_context
+from userdata.archive import collector_archive, collector_files
 
 BUCKET = "RawBucketF4E29A3F"  # stable logical id; a change would also orphan the retained bucket
 
@@ -105,6 +114,26 @@ def test_destroy_data_flag_opts_into_deleting_the_bucket(opt_in_template: Templa
 
 
 # --- IAM ----------------------------------------------------------------------------------------------------
+
+
+def test_role_may_only_put_objects_and_read_and_signal_this_stack(template_json: dict[str, Any]) -> None:
+    """Besides the PutObject statement, only what cfn-init and cfn-signal need, on this stack and nothing else."""
+    (profile,) = _resources(template_json, "AWS::IAM::InstanceProfile").values()
+    (instance_role,) = profile["Properties"]["Roles"]
+    role = template_json["Resources"][instance_role["Ref"]]["Properties"]
+    assert "Policies" not in role and "ManagedPolicyArns" not in role
+    statements = [
+        statement for policy in _resources(template_json, "AWS::IAM::Policy").values()
+        if instance_role in policy["Properties"]["Roles"]
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+    ]
+    assert len(statements) == 2, statements
+    (cloudformation,) = [s for s in statements if s.get("Sid") != "PutCollectedObjects"]
+    assert cloudformation == {
+        "Action": ["cloudformation:DescribeStackResource", "cloudformation:SignalResource"],
+        "Effect": "Allow",
+        "Resource": {"Ref": "AWS::StackId"},
+    }
 
 
 def test_only_s3_permission_is_put_object_on_the_two_prefixes(template_json: dict[str, Any]) -> None:
@@ -221,21 +250,125 @@ def test_outputs(template: Template) -> None:
 # --- user-data ----------------------------------------------------------------------------------------------
 
 
-def _user_data(template_json: dict[str, Any]) -> list[Any]:
-    return [i["Properties"]["UserData"] for i in _resources(template_json, "AWS::EC2::Instance").values()]
+def _user_data(template_json: dict[str, Any]) -> dict[str, Any]:
+    return {name: i["Properties"]["UserData"] for name, i in _resources(template_json, "AWS::EC2::Instance").items()}
 
 
-def test_user_data_is_byte_identical_across_synths(template_json: dict[str, Any], tmp_path: Path) -> None:
-    first = _user_data(template_json)
-    again = _user_data(_synth(tmp_path))
-    assert json.dumps(first, sort_keys=True) == json.dumps(again, sort_keys=True)
-    assert all(user_data == first[0] for user_data in first)
+def _init_metadata(template_json: dict[str, Any]) -> dict[str, Any]:
+    return {
+        name: i["Metadata"]["AWS::CloudFormation::Init"]
+        for name, i in _resources(template_json, "AWS::EC2::Instance").items()
+    }
 
 
-def test_user_data_gets_bucket_and_region_at_deploy_time(template_json: dict[str, Any]) -> None:
-    parts = _user_data(template_json)[0]["Fn::Base64"]["Fn::Join"][1]
-    assert {"Ref": BUCKET} in parts
-    assert {"Ref": "AWS::Region"} in parts
+# Longest values CloudFormation can substitute: bucket names have at most 63 characters, stack names 128.
+_WORST_CASE_REFS = {BUCKET: "b" * 63, "AWS::Region": "ap-southeast-5x", "AWS::StackName": "s" * 128}
+
+
+def _resolved_user_data(user_data: dict[str, Any], refs: dict[str, str] | None = None) -> str:
+    """The script as EC2 receives it, with each Ref replaced by its (worst-case) deploy-time value."""
+    separator, parts = user_data["Fn::Base64"]["Fn::Join"]
+    values = _WORST_CASE_REFS if refs is None else refs
+    return separator.join(part if isinstance(part, str) else values[part["Ref"]] for part in parts)
+
+
+def test_user_data_and_init_metadata_are_byte_identical_across_synths(
+    template_json: dict[str, Any], tmp_path: Path
+) -> None:
+    again = _synth(tmp_path)
+    assert json.dumps(_user_data(template_json), sort_keys=True) == json.dumps(_user_data(again), sort_keys=True)
+    assert json.dumps(_init_metadata(template_json), sort_keys=True) == json.dumps(
+        _init_metadata(again), sort_keys=True)
+
+
+def test_instances_differ_only_in_the_logical_id_their_script_reads_and_signals(
+    template_json: dict[str, Any]
+) -> None:
+    scripts = {json.dumps(user_data).replace(name, "<self>") for name, user_data in _user_data(template_json).items()}
+    assert len(scripts) == 1
+    for name, user_data in _user_data(template_json).items():
+        script = _resolved_user_data(user_data)
+        assert f"--stack '{'s' * 128}' --resource '{name}' --region 'ap-southeast-5x'" in script
+        assert script == userdata.render_user_data(
+            archive=collector_archive(), bucket="b" * 63, region="ap-southeast-5x", stack="s" * 128, resource=name,
+            symbols="BTCUSDT", ws_url=BINANCE_WS_URL,
+        )
+    assert len({json.dumps(init, sort_keys=True) for init in _init_metadata(template_json).values()}) == 1
+
+
+def test_synthesized_user_data_stays_well_under_the_ec2_limit(template_json: dict[str, Any]) -> None:
+    for user_data in _user_data(template_json).values():
+        size = len(_resolved_user_data(user_data).encode())
+        assert size < 15_000 < userdata.USER_DATA_LIMIT, f"worst-case user-data is {size} bytes"
+
+
+def test_user_data_gets_bucket_region_and_stack_at_deploy_time(template_json: dict[str, Any]) -> None:
+    for user_data in _user_data(template_json).values():
+        parts = user_data["Fn::Base64"]["Fn::Join"][1]
+        assert {"Ref": BUCKET} in parts
+        assert {"Ref": "AWS::Region"} in parts
+        assert {"Ref": "AWS::StackName"} in parts
+
+
+def test_instances_wait_for_a_boot_signal(template_json: dict[str, Any]) -> None:
+    for instance in _resources(template_json, "AWS::EC2::Instance").values():
+        assert instance["CreationPolicy"] == {"ResourceSignal": {"Count": 1, "Timeout": "PT15M"}}
+
+
+def _delivered_archive(init: dict[str, Any]) -> bytes:
+    assert init["configSets"] == {"default": ["config"]}
+    assert init["config"].keys() == {"files"}
+    files = init["config"]["files"]
+    assert files.keys() == {userdata.ARCHIVE_PATH}
+    entry = files[userdata.ARCHIVE_PATH]
+    assert (entry["encoding"], entry["mode"], entry["owner"], entry["group"]) == ("base64", "000600", "root", "root")
+    return base64.b64decode(entry["content"], validate=True)
+
+
+def test_init_metadata_carries_the_collector_pinned_by_the_user_data(
+    template_json: dict[str, Any], tmp_path: Path
+) -> None:
+    """Unpacks the archive from the synthesized template and imports the collector from it."""
+    for name, init in _init_metadata(template_json).items():
+        archive = _delivered_archive(init)
+        assert archive == collector_archive()
+        script = _resolved_user_data(_user_data(template_json)[name])
+        pinned = re.findall(r"sha256sum --check --strict <<<'([0-9a-f]{64})  (\S+)'", script)
+        assert pinned == [(hashlib.sha256(archive).hexdigest(), userdata.ARCHIVE_PATH)]
+
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    for path in collector_files():
+        assert (tmp_path / "collector" / path.name).read_bytes() == path.read_bytes()
+    probe = "import collector, collector.config, collector.service; print(collector.__file__)"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(tmp_path)}, check=False, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(tmp_path / "collector" / "__init__.py")
+
+
+def test_a_collector_code_change_replaces_the_instances(
+    template_json: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    changed = tmp_path / "collector"
+    changed.mkdir()
+    for path in collector_files():
+        (changed / path.name).write_bytes(path.read_bytes())
+    with (changed / "config.py").open("a") as config:
+        config.write("# a change\n")
+    monkeypatch.setattr(stacks.collector_stack, "collector_archive", lambda: collector_archive(changed))
+    after = _synth(tmp_path / "cdk.out")
+
+    assert {_delivered_archive(init) for init in _init_metadata(after).values()} == {collector_archive(changed)}
+    before_ids, after_ids = set(_user_data(template_json)), set(_user_data(after))
+    assert len(after_ids) == 3 and before_ids.isdisjoint(after_ids)
+    # The only difference in the scripts, logical ids aside: the pinned sha256.
+    old, new = (hashlib.sha256(a).hexdigest() for a in (collector_archive(), collector_archive(changed)))
+    normalized = [
+        {json.dumps(ud).replace(name, "<self>").replace(old, "<sha>").replace(new, "<sha>") for name, ud in t.items()}
+        for t in (_user_data(template_json), _user_data(after))
+    ]
+    assert normalized[0] == normalized[1]
 
 
 def test_changed_user_data_replaces_the_instances(template_json: dict[str, Any], tmp_path: Path) -> None:

@@ -1,8 +1,8 @@
-"""The user-data script: deterministic embedding of the collector, size limit, shellcheck, what it writes."""
+"""The user-data script and the collector archive: determinism, the sha256 pin, size limit, shellcheck, and what
+the script does when run (with the system commands stubbed)."""
 
 from __future__ import annotations
 
-import base64
 import gzip
 import hashlib
 import io
@@ -17,21 +17,22 @@ import userdata
 from tests.cdk_support import require_tool
 from userdata.archive import COLLECTOR_DIR, collector_archive, collector_files
 
-# Worst case once CloudFormation resolves the tokens: the longest legal bucket name, a long region name.
-WORST_CASE = {"bucket": "b" * 63, "region": "ap-southeast-5x", "symbols": "BTCUSDT",
-              "ws_url": "wss://stream.binance.com:9443"}
+# Worst case once CloudFormation resolves the tokens: the longest legal bucket and stack names and logical id.
+WORST_CASE = {"bucket": "b" * 63, "region": "ap-southeast-5x", "stack": "s" * 128, "resource": "l" * 255,
+              "symbols": "BTCUSDT", "ws_url": "wss://stream.binance.com:9443"}
 # EC2 refuses more than 16,384 bytes; failing here first leaves room for the next change to the collector.
 SIZE_BUDGET = 15_000
 
 
-def _render(**overrides: str) -> str:
-    return userdata.render_user_data(**{**WORST_CASE, **overrides})
+def _render(archive: bytes | None = None, **overrides: str) -> str:
+    return userdata.render_user_data(archive=collector_archive() if archive is None else archive,
+                                     **{**WORST_CASE, **overrides})
 
 
-def _embedded_archive(script: str) -> bytes:
-    match = re.search(r"<<'ARCHIVE'\n(.*?)\nARCHIVE\n", script, re.DOTALL)
-    assert match is not None
-    return base64.b64decode(match[1])
+def _pinned_sha256(script: str) -> str:
+    (match,) = re.findall(rf"^sha256sum --check --strict <<<'([0-9a-f]{{64}})  {userdata.ARCHIVE_PATH}'$", script,
+                          re.MULTILINE)
+    return match
 
 
 def test_archive_is_deterministic_and_independent_of_file_metadata(tmp_path: Path) -> None:
@@ -58,8 +59,19 @@ def test_archive_holds_exactly_the_modules_and_requirements() -> None:
     assert collector_archive()[4:8] == b"\0\0\0\0"
 
 
-def test_script_embeds_the_current_collector_byte_for_byte() -> None:
-    assert _embedded_archive(_render()) == collector_archive()
+def test_script_pins_the_sha256_of_the_current_collector_archive() -> None:
+    assert _pinned_sha256(_render()) == hashlib.sha256(collector_archive()).hexdigest()
+
+
+def test_a_code_change_changes_the_script(tmp_path: Path) -> None:
+    copy = tmp_path / "collector"
+    copy.mkdir()
+    for path in collector_files():
+        (copy / path.name).write_bytes(path.read_bytes())
+    assert _render(collector_archive(copy)) == _render()
+    with (copy / "config.py").open("a") as config:
+        config.write("# a change\n")
+    assert _render(collector_archive(copy)) != _render()
 
 
 def test_same_inputs_render_byte_identical_scripts() -> None:
@@ -73,14 +85,9 @@ def test_user_data_stays_well_under_the_ec2_limit() -> None:
     )
 
 
-def test_rendering_refuses_user_data_over_the_limit(tmp_path: Path) -> None:
-    big = tmp_path / "collector"
-    big.mkdir()
-    # Hashes do not compress, so this archive alone exceeds the limit.
-    noise = b"".join(hashlib.sha256(str(i).encode()).digest() for i in range(700))
-    (big / "blob.py").write_text(base64.b64encode(noise).decode())
+def test_rendering_refuses_user_data_over_the_limit() -> None:
     with pytest.raises(ValueError, match="16384-byte limit"):
-        userdata.render_user_data(**WORST_CASE, collector_dir=big)
+        _render(symbols=",".join(["BTCUSDT"] * 2000))
 
 
 def test_shellcheck_accepts_the_rendered_script(tmp_path: Path) -> None:
@@ -92,10 +99,17 @@ def test_shellcheck_accepts_the_rendered_script(tmp_path: Path) -> None:
 
 
 def test_script_is_strict_and_wires_everything_together() -> None:
-    script = _render(bucket="example-bucket", region="ap-northeast-1", symbols="BTCUSDT,ETHUSDT")
-    assert script.startswith("#!/bin/bash\n")
+    script = _render(bucket="example-bucket", region="ap-northeast-1", stack="Stack", resource="Collector0",
+                     symbols="BTCUSDT,ETHUSDT")
+    assert script.startswith(f"{userdata.SHEBANG}\n")
     assert "\nset -euo pipefail\n" in script
-    assert f"dnf install -y {userdata.PYTHON}" in script
+    assert f"dnf install -y {userdata.PYTHON} aws-cfn-bootstrap" in script
+    cfn_target = "--stack 'Stack' --resource 'Collector0' --region 'ap-northeast-1'"
+    assert f"/opt/aws/bin/cfn-init -v {cfn_target} --configsets default\n" in script
+    assert f"/opt/aws/bin/cfn-signal --exit-code \"$1\" {cfn_target}\n" in script
+    # cfn-init writes the archive, the pinned sha256 is checked, and only then is it unpacked.
+    assert script.index("cfn-init -v") < script.index("sha256sum --check") < script.index(
+        f"tar -xzf {userdata.ARCHIVE_PATH} -C {userdata.APP_DIR}")
     assert f"{userdata.PYTHON} -m venv {userdata.VENV_DIR}" in script
     assert f"-r {userdata.APP_DIR}/collector/requirements.txt" in script
     env_file = re.search(rf"cat > {userdata.ENV_FILE} <<'ENV'\n(.*?)\nENV\n", script, re.DOTALL)
@@ -111,6 +125,7 @@ def test_script_is_strict_and_wires_everything_together() -> None:
     assert "X-aws-ec2-metadata-token-ttl-seconds" in script  # IMDSv2: token first
     assert userdata.render_unit().rstrip("\n") in script
     assert f"systemctl enable --now --no-block {userdata.UNIT_NAME}" in script
+    assert script.endswith("\nretry signal 0\n")
     assert not re.search(r"@[A-Z_]+@", script)
 
 
@@ -120,30 +135,77 @@ def _stub(path: Path, log: Path, output: str = "") -> None:
     path.chmod(0o755)
 
 
-def test_script_runs_to_the_end_with_stubbed_system_commands(tmp_path: Path) -> None:
-    """Executes the real script with dnf/curl/systemctl/python stubbed and its target paths under a temp dir."""
+def _rooted(text: str, tmp_path: Path) -> str:
+    """The script's absolute paths moved under tmp_path: the system's into root/, cfn-init & co. into bin/."""
+    for path in (userdata.APP_DIR, userdata.VENV_DIR, userdata.ENV_DIR, userdata.ARCHIVE_PATH, "/etc/systemd/system/"):
+        text = text.replace(path, f"{tmp_path / 'root'}{path}")
+    return text.replace("/opt/aws/bin/", f"{tmp_path / 'bin'}/")
+
+
+def _run_stubbed(
+    tmp_path: Path, delivered: bytes, restarts: int = 0
+) -> tuple[subprocess.CompletedProcess[str], Path, list[str]]:
+    """Runs the real script with dnf/curl/systemctl/python/cfn-* stubbed and its target paths under a temp dir.
+
+    The cfn-init stub writes `delivered` where the real one writes the archive from the init metadata;
+    `systemctl show` reports `restarts` restarts of the unit.
+    """
     root = tmp_path / "root"
-    script = _render(bucket="example-bucket", region="ap-northeast-1")
-    for path in (userdata.APP_DIR, userdata.VENV_DIR, userdata.ENV_DIR, "/etc/systemd/system/"):
-        script = script.replace(path, f"{root}{path}")
+    bin_dir = tmp_path / "bin"
+
+    def rooted(text: str) -> str:
+        return _rooted(text, tmp_path)
+
+    script = rooted(_render(bucket="example-bucket", region="ap-northeast-1", stack="Stack", resource="Collector0"))
     script = script.replace("sleep ", "true ")
     log = tmp_path / "calls.log"
-    for command in ("dnf", "systemctl", userdata.PYTHON):
-        _stub(tmp_path / "bin" / command, log)
-    _stub(tmp_path / "bin" / "curl", log, output="echo i-0123456789abcdef0\n")
+    for command in ("dnf", userdata.PYTHON, "cfn-signal"):
+        _stub(bin_dir / command, log)
+    _stub(bin_dir / "systemctl", log, output=f"echo {restarts}\n")  # `systemctl show --property=NRestarts --value`
+    _stub(bin_dir / "curl", log, output="echo i-0123456789abcdef0\n")
+    (tmp_path / "delivered.tar.gz").write_bytes(delivered)
+    _stub(bin_dir / "cfn-init", log, output=f"cp {tmp_path / 'delivered.tar.gz'} {rooted(userdata.ARCHIVE_PATH)}\n")
     for command in ("pip", "python"):
         _stub(root / userdata.VENV_DIR.lstrip("/") / "bin" / command, log)
     (root / "etc/systemd/system").mkdir(parents=True)
+    Path(rooted(userdata.ARCHIVE_PATH)).parent.mkdir(parents=True, exist_ok=True)
 
-    result = subprocess.run(["bash", "-c", script], env={"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin"},
+    result = subprocess.run(["bash", "-c", script], env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
                             capture_output=True, text=True, check=False, timeout=60)
+    return result, root, log.read_text().splitlines()
+
+
+def test_script_runs_to_the_end_with_stubbed_system_commands(tmp_path: Path) -> None:
+    result, root, calls = _run_stubbed(tmp_path, collector_archive())
 
     assert result.returncode == 0, result.stderr
     env = (root / userdata.ENV_FILE.lstrip("/")).read_text()
     assert env.endswith("AWS_DEFAULT_REGION=ap-northeast-1\nCOLLECTOR_INSTANCE_ID=i-0123456789abcdef0\n")
-    assert (root / "etc/systemd/system" / userdata.UNIT_NAME).read_text() == userdata.render_unit()
+    assert (root / "etc/systemd/system" / userdata.UNIT_NAME).read_text() == _rooted(userdata.render_unit(), tmp_path)
     for path in collector_files():
         assert (root / userdata.APP_DIR.lstrip("/") / "collector" / path.name).read_bytes() == path.read_bytes()
-    calls = log.read_text().splitlines()
-    assert calls[-1] == f"systemctl enable --now --no-block {userdata.UNIT_NAME}"
+    cfn_target = "--stack Stack --resource Collector0 --region ap-northeast-1"
+    assert f"cfn-init -v {cfn_target} --configsets default" in calls
     assert any(call.startswith("pip install") for call in calls)
+    assert calls.index(f"systemctl enable --now --no-block {userdata.UNIT_NAME}") < len(calls) - 1
+    assert calls[-1] == f"cfn-signal --exit-code 0 {cfn_target}"  # success only at the very end
+
+
+def test_script_refuses_an_archive_that_does_not_match_its_sha256_and_signals_failure(tmp_path: Path) -> None:
+    tampered = gzip.compress(b"not the collector", mtime=0)
+    result, root, calls = _run_stubbed(tmp_path, tampered)
+
+    assert result.returncode != 0
+    assert "FAILED" in result.stdout + result.stderr
+    assert not (root / userdata.APP_DIR.lstrip("/") / "collector").exists()
+    assert calls[-1].startswith("cfn-signal --exit-code 1 ")
+    assert not any(call.startswith("systemctl") for call in calls)
+
+
+def test_script_signals_failure_when_the_unit_keeps_restarting(tmp_path: Path) -> None:
+    result, _, calls = _run_stubbed(tmp_path, collector_archive(), restarts=2)
+
+    assert result.returncode != 0
+    assert f"{userdata.UNIT_NAME} is not running steadily (restarts: 2)" in result.stderr
+    assert calls[-1].startswith("cfn-signal --exit-code 1 ")
+    assert not any(call.startswith("cfn-signal --exit-code 0") for call in calls)

@@ -1,23 +1,28 @@
 """Boot of a collector instance: the user-data script and the systemd unit, both rendered at synth time.
 
 `bootstrap.sh` and `collector.service` beside this file are the templates; `@NAME@` marks a value filled in
-here. Values may be CDK token strings (bucket name, region), which CloudFormation resolves at deploy time, so
-the same code always synthesizes the same user-data.
+here. Values may be CDK token strings (bucket, region, stack name, the instance's logical id), which
+CloudFormation resolves at deploy time, so the same code always synthesizes the same user-data.
+
+The collector itself (`archive.collector_archive()`, ~19 KB) does not fit into EC2's 16 KB user-data with the
+rest of the script: the stack ships it in the instance's CloudFormation init metadata, which cfn-init writes to
+`ARCHIVE_PATH`; the user-data carries only its sha256.
 """
 
 from __future__ import annotations
 
-import base64
+import hashlib
 import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
 
 from collector.config import SHUTDOWN_TIMEOUT
-from userdata.archive import COLLECTOR_DIR, collector_archive
 
 # websockets 17 needs Python >= 3.11; 3.11 is also what the test suite runs on.
 PYTHON = "python3.11"
+SHEBANG = "#!/bin/bash"
+ARCHIVE_PATH = "/opt/collector/collector.tar.gz"  # where cfn-init writes the collector from the init metadata
 APP_DIR = "/opt/collector/app"
 VENV_DIR = "/opt/collector/venv"
 ENV_DIR = "/etc/collector"
@@ -27,8 +32,9 @@ UNIT_NAME = "collector.service"
 STOP_MARGIN_SECONDS = 30
 # EC2 rejects raw (pre-base64) user-data above this many bytes; neither synth nor cfn-lint notices.
 USER_DATA_LIMIT = 16_384
-# Longest values the deploy-time tokens can take: S3 allows 63-character bucket names; regions are shorter.
-_WORST_CASE_TOKENS = {"BUCKET": "b" * 63, "REGION": "r" * 25}
+# Longest values the deploy-time tokens can take: S3 allows 63-character bucket names, CloudFormation 128-character
+# stack names and 255-character logical ids; regions are shorter.
+_WORST_CASE_TOKENS = {"BUCKET": "b" * 63, "REGION": "r" * 25, "STACK": "s" * 128, "RESOURCE": "l" * 255}
 
 _TEMPLATES = Path(__file__).resolve().parent
 _MARKER = re.compile(r"@([A-Z_]+)@")
@@ -53,24 +59,32 @@ def render_unit() -> str:
     })
 
 
+def archive_sha256(archive: bytes) -> str:
+    return hashlib.sha256(archive).hexdigest()
+
+
 def render_user_data(
-    *, bucket: str, region: str, symbols: str, ws_url: str, collector_dir: Path = COLLECTOR_DIR
+    *, archive: bytes, bucket: str, region: str, stack: str, resource: str, symbols: str, ws_url: str
 ) -> str:
-    """The bash user-data script; raises ValueError if it could exceed EC2's limit once tokens resolve."""
-    archive = base64.encodebytes(collector_archive(collector_dir)).decode("ascii").rstrip("\n")
+    """The bash user-data script; raises ValueError if it could exceed EC2's limit once tokens resolve.
+
+    `archive` is the collector tar.gz the instance's init metadata holds (only its sha256 goes in here);
+    `stack`, `resource` and `region` tell cfn-init and cfn-signal which resource's metadata to read and signal.
+    """
     values = {
         "PYTHON": PYTHON,
+        "ARCHIVE_PATH": ARCHIVE_PATH,
+        "ARCHIVE_HASH": archive_sha256(archive),
         "APP_DIR": APP_DIR,
         "VENV_DIR": VENV_DIR,
         "ENV_DIR": ENV_DIR,
         "ENV_FILE": ENV_FILE,
         "UNIT_NAME": UNIT_NAME,
         "UNIT": render_unit().rstrip("\n"),
-        "ARCHIVE": archive,
         "SYMBOLS": symbols,
         "WS_URL": ws_url,
     }
     worst_case = len(_fill("bootstrap.sh", values | _WORST_CASE_TOKENS).encode())
     if worst_case > USER_DATA_LIMIT:
         raise ValueError(f"user-data would be {worst_case} bytes, above EC2's {USER_DATA_LIMIT}-byte limit")
-    return _fill("bootstrap.sh", values | {"BUCKET": bucket, "REGION": region})
+    return _fill("bootstrap.sh", values | {"BUCKET": bucket, "REGION": region, "STACK": stack, "RESOURCE": resource})

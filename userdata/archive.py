@@ -1,4 +1,4 @@
-"""The collector package as a reproducible tar.gz, so the same code always yields the same user-data."""
+"""The collector package as a reproducible tar.gz, so the same code always yields the same template and user-data."""
 
 from __future__ import annotations
 

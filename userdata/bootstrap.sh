@@ -1,10 +1,26 @@
 #!/bin/bash
 # First-boot script of a collector instance, rendered by userdata/ at synth time; edit the template, not the
 # synthesized copy. cloud-init runs it once as root; its output is in /var/log/cloud-init-output.log.
+# The collector's code is too big for EC2's 16 KB user-data limit: it travels as a tar.gz in this instance's
+# CloudFormation init metadata (same template), which cfn-init writes to @ARCHIVE_PATH@. This script pins the
+# archive's sha256, so a code change changes the user-data and thereby replaces the instance.
 set -euo pipefail
 umask 022
 
-# Package mirrors, PyPI and even IMDS can be briefly unreachable while the instance comes up.
+# CloudFormation waits (CreationPolicy) for this instance's signal; report a failed boot at once instead of
+# letting the deploy time out. Before aws-cfn-bootstrap is installed there is no cfn-signal: the timeout it is.
+signal() {
+  /opt/aws/bin/cfn-signal --exit-code "$1" --stack '@STACK@' --resource '@RESOURCE@' --region '@REGION@'
+}
+on_exit() {
+  local status=$?
+  if ((status != 0)) && [[ -x /opt/aws/bin/cfn-signal ]]; then
+    signal "${status}" || true
+  fi
+}
+trap on_exit EXIT
+
+# Package mirrors, PyPI, CloudFormation and even IMDS can be briefly unreachable while the instance comes up.
 retry() {
   local attempt
   for attempt in 1 2 3 4 5; do
@@ -20,13 +36,17 @@ imds_token=$(retry curl -fsS -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 30
 instance_id=$(retry curl -fsS -H "X-aws-ec2-metadata-token: ${imds_token}" "${imds}/meta-data/instance-id")
 
 # The image's /usr/bin/python3 is 3.9 for the life of AL2023; the collector needs a separate newer package.
-retry dnf install -y @PYTHON@
+# Amazon Linux 2023 does not preinstall aws-cfn-bootstrap (cfn-init, cfn-signal).
+retry dnf install -y @PYTHON@ aws-cfn-bootstrap
+
+# Writes the collector archive from this instance's AWS::CloudFormation::Init metadata; then check it is the
+# archive this user-data was synthesized with.
+retry /opt/aws/bin/cfn-init -v --stack '@STACK@' --resource '@RESOURCE@' --region '@REGION@' --configsets default
+sha256sum --check --strict <<<'@ARCHIVE_HASH@  @ARCHIVE_PATH@'
 
 install -d -m 0755 @APP_DIR@ @ENV_DIR@
 rm -rf @APP_DIR@/collector
-base64 -d <<'ARCHIVE' | tar -xz -C @APP_DIR@
-@ARCHIVE@
-ARCHIVE
+tar -xzf @ARCHIVE_PATH@ -C @APP_DIR@
 
 @PYTHON@ -m venv @VENV_DIR@
 retry @VENV_DIR@/bin/pip install --no-cache-dir --disable-pip-version-check --only-binary=:all: \
@@ -50,3 +70,16 @@ UNIT
 systemctl daemon-reload
 # --no-block: cloud-init's own unit is still running, so waiting for the start job could deadlock boot.
 systemctl enable --now --no-block @UNIT_NAME@
+
+# Health gate for `cdk deploy`: signal success only once the collector runs and has not crashed since.
+for _ in {1..60}; do
+  systemctl is-active --quiet @UNIT_NAME@ && break
+  sleep 2
+done
+sleep 20
+restarts=$(systemctl show --property=NRestarts --value @UNIT_NAME@)
+if ! systemctl is-active --quiet @UNIT_NAME@ || [[ "${restarts}" != 0 ]]; then
+  echo "user-data: @UNIT_NAME@ is not running steadily (restarts: ${restarts})" >&2
+  exit 1
+fi
+retry signal 0
