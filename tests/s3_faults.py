@@ -26,6 +26,9 @@ class S3Faults:
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
+            # botocore sends `Expect: 100-continue` with PUT bodies; HTTP/1.0 would make it wait 1 s each time.
+            protocol_version = "HTTP/1.1"
+
             def log_message(self, *args: object) -> None:
                 pass
 
