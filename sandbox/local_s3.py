@@ -41,8 +41,8 @@ class LocalS3:
     def env(self) -> dict[str, str]:
         """Environment for a collector (or any boto3 program) that must use this endpoint."""
         # botocore 1.44 reads AWS_DEFAULT_REGION; AWS_REGION is what other SDKs read.
-        return {**FAKE_CREDENTIALS, "AWS_ENDPOINT_URL_S3": self.endpoint, "AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION,
-                "AWS_EC2_METADATA_DISABLED": "true"}
+        return {**FAKE_CREDENTIALS, "AWS_ENDPOINT_URL_S3": self.endpoint, "AWS_REGION": REGION,
+                "AWS_DEFAULT_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true"}
 
     def client(self) -> Any:
         return boto3.client("s3", endpoint_url=self.endpoint, region_name=REGION,
