@@ -3,7 +3,7 @@
 1. Ceiling: a bare websockets client against a flooding feed (its own process), compression none and deflate.
 2. Collector: `python -m collector`, full pipeline to the local S3, against the same flood, both ways.
 3. Steady load: 3,000 msgs/s in 50 ms bursts, 1 symbol and 3 symbols; bare client and collector together.
-4. gzip levels 1, 6, 9 on a real 2 MiB JSONL file.
+4. gzip codecs and levels (zlib 1, 6, 9; ISA-L 0-3) on a real 2 MiB JSONL file.
 Prints the tables and the targets (PASS/MISS/n/a) and writes bench/results.json. Everything runs on
 127.0.0.1; every process it starts is stopped by its PID before it returns.
 """
@@ -56,7 +56,7 @@ def main() -> int:
         print(f"[{time.monotonic() - started:5.0f} s] {text}", flush=True)
 
     # First, while nothing else runs: zlib timings are the most sensitive to a busy second core.
-    say("gzip levels on a 2 MiB JSONL file")
+    say("gzip codecs and levels on a 2 MiB JSONL file")
     results["compression"] = compression.measure(args.rate)
     with contextlib.ExitStack() as stack:
         s3 = stack.enter_context(running_s3())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from collector.frames import Trade
 from collector.keys import Part
@@ -17,13 +18,16 @@ class SpoolFile:
     stats: FileStats = field(default_factory=FileStats)
 
 
-@dataclass(frozen=True, slots=True)
-class Placement:
-    """Where a trade's line goes: first seal `seal` (if any), then append the line to `target`."""
+class Placement(NamedTuple):
+    """What placing a trade asks of the shell: seal `seal` (if any) before appending the line to the
+    rotator's `current` file; log `gap` (if any)."""
 
     seal: SpoolFile | None
-    target: SpoolFile
     gap: Gap | None
+
+
+# Nearly every trade needs nothing but its line written: no object is built for those.
+_APPEND = Placement(None, None)
 
 
 class Rotator:
@@ -52,18 +56,17 @@ class Rotator:
 
     def place(self, trade: Trade, now_ms: int) -> Placement:
         line_bytes = len(trade.raw) + 1
-        seal = None
-        current = self.current
-        if current is not None and (
+        seal = current = self.current
+        if current is None or (
             current.stats.uncompressed_bytes + line_bytes > self.rotate_bytes
             or now_ms - current.part.opened_at_ms >= self.rotate_ms
         ):
-            seal, current = current, None
-        if current is None:
             current = self.current = self._open(now_ms)
+        else:
+            seal = None
         gap = self.ids.advance(trade.trade_id)
         current.stats.add(trade, line_bytes, gap)
-        return Placement(seal, current, gap)
+        return _APPEND if seal is None and gap is None else Placement(seal, gap)
 
     def expire(self, now_ms: int) -> SpoolFile | None:
         """The open file, detached, if it is due by age; called by the shell's timer."""

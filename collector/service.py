@@ -11,8 +11,11 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from io import BufferedWriter
 from typing import Any
+
+import orjson
 
 from collector.config import Config
 from collector.frames import Trade
@@ -55,6 +58,57 @@ class RejectLog:
         return None
 
 
+class SymbolSpool:
+    """One symbol's side of the spool, and the sink of its stream: trades go into the open file; a full or
+    old file is closed and handed to `seal`. Runs once per message, so it keeps its lookups short."""
+
+    def __init__(self, *, rotator: Rotator, spool: Spool, seal: Callable[[SpoolFile], None],
+                 rejects: RejectLog) -> None:
+        self.symbol = rotator.symbol
+        self.rotator = rotator
+        self.spool = spool
+        self.writer: BufferedWriter | None = None
+        self._seal = seal
+        self._rejects = rejects
+        self._place = rotator.place
+
+    def on_trade(self, trade: Trade) -> None:
+        seal, gap = self._place(trade, time.time_ns() // 1_000_000)
+        if seal is not None:
+            self.seal(seal)
+        writer = self.writer
+        if writer is None:
+            assert self.rotator.current is not None
+            writer = self.writer = self.spool.open_for_append(self.rotator.current.part)
+        writer.write(trade.raw)
+        writer.write(b"\n")
+        if gap is not None:
+            log.warning("%s: trade ids %d..%d missing (%d)", self.symbol, gap.first, gap.last, gap.missing)
+
+    def on_rejected(self, reason: str) -> None:
+        self.rotator.note_malformed()
+        quiet = self._rejects.should_log(self.symbol, wall_ms())
+        if quiet is not None:
+            more = f" ({quiet} more since the last report)" if quiet else ""
+            log.warning("%s: message rejected: %s%s", self.symbol, reason, more)
+
+    def on_reconnect(self) -> None:
+        self.rotator.note_reconnect()
+
+    def last_trade_id(self) -> int | None:
+        return self.rotator.ids.last_id
+
+    def seal(self, spool_file: SpoolFile) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        self._seal(spool_file)
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+
 class Service:
     def __init__(self, config: Config, *, s3_client: Any = None) -> None:
         self.config = config
@@ -65,57 +119,29 @@ class Service:
             uploader=S3Uploader(s3_client or make_client(), bucket=config.bucket,
                                 attempts=config.upload_attempts, stop=self._stop_uploads),
         )
-        self.rotators = {
-            symbol: Rotator(symbol=symbol, instance_id=config.instance_id, rotate_bytes=config.rotate_bytes,
-                            rotate_seconds=config.rotate_seconds)
-            for symbol in config.symbols
-        }
-        self.writers: dict[str, BufferedWriter] = {}
-        self.streams = [
-            SymbolStream(symbol=symbol, ws_url=config.ws_url, sink=self, compression=config.ws_compression,
-                         reconnect_delay=config.reconnect_delay, ping_interval=config.ping_interval,
-                         connection_lifetime=config.connection_lifetime)
+        rejects = RejectLog(int(REJECT_LOG_SECONDS * 1000))
+        self.symbols = [
+            SymbolSpool(
+                rotator=Rotator(symbol=symbol, instance_id=config.instance_id, rotate_bytes=config.rotate_bytes,
+                                rotate_seconds=config.rotate_seconds),
+                spool=self.spool, seal=self._seal, rejects=rejects,
+            )
             for symbol in config.symbols
         ]
+        self.streams = [
+            SymbolStream(symbol=sink.symbol, ws_url=config.ws_url, sink=sink, compression=config.ws_compression,
+                         reconnect_delay=config.reconnect_delay, ping_interval=config.ping_interval,
+                         connection_lifetime=config.connection_lifetime)
+            for sink in self.symbols
+        ]
         self._sealing: set[asyncio.Task[None]] = set()
-        self._rejects = RejectLog(int(REJECT_LOG_SECONDS * 1000))
         self._stop = asyncio.Event()
         self._paused_since: float | None = None
-
-    # Sink: called from the links' data_received, once per message
-
-    def on_trade(self, symbol: str, trade: Trade) -> None:
-        placement = self.rotators[symbol].place(trade, wall_ms())
-        if placement.seal is not None:
-            self._seal(symbol, placement.seal)
-        writer = self.writers.get(symbol)
-        if writer is None:
-            writer = self.writers[symbol] = self.spool.open_for_append(placement.target.part)
-        writer.write(trade.raw)
-        writer.write(b"\n")
-        if placement.gap is not None:
-            log.warning("%s: trade ids %d..%d missing (%d)", symbol, placement.gap.first, placement.gap.last,
-                        placement.gap.missing)
-
-    def on_rejected(self, symbol: str, reason: str) -> None:
-        self.rotators[symbol].note_malformed()
-        quiet = self._rejects.should_log(symbol, wall_ms())
-        if quiet is not None:
-            more = f" ({quiet} more since the last report)" if quiet else ""
-            log.warning("%s: message rejected: %s%s", symbol, reason, more)
-
-    def on_reconnect(self, symbol: str) -> None:
-        self.rotators[symbol].note_reconnect()
-
-    def last_trade_id(self, symbol: str) -> int | None:
-        return self.rotators[symbol].ids.last_id
+        self._lag_ms: list[float] | None = [] if config.lag_report is not None else None
 
     # sealing
 
-    def _seal(self, symbol: str, spool_file: SpoolFile) -> None:
-        writer = self.writers.pop(symbol, None)
-        if writer is not None:
-            writer.close()
+    def _seal(self, spool_file: SpoolFile) -> None:
         task = asyncio.create_task(self._seal_and_queue(spool_file))
         self._sealing.add(task)
         task.add_done_callback(self._sealing.discard)
@@ -139,10 +165,10 @@ class Service:
         self.shipper.add(sealed)
 
     def _seal_all(self) -> None:
-        for symbol, rotator in self.rotators.items():
-            spool_file = rotator.detach()
+        for symbol in self.symbols:
+            spool_file = symbol.rotator.detach()
             if spool_file is not None:
-                self._seal(symbol, spool_file)
+                symbol.seal(spool_file)
 
     # periodic work
 
@@ -150,14 +176,17 @@ class Service:
         loop = asyncio.get_running_loop()
         next_disk_check = 0.0
         while True:
+            due = loop.time() + TICK_SECONDS
             await asyncio.sleep(TICK_SECONDS)
-            for writer in self.writers.values():
-                writer.flush()
+            if self._lag_ms is not None:
+                # How late this timer ran: every callback that held the loop delayed it.
+                self._lag_ms.append((loop.time() - due) * 1000)
             now_ms = wall_ms()
-            for symbol, rotator in self.rotators.items():
-                expired = rotator.expire(now_ms)
+            for symbol in self.symbols:
+                symbol.flush()
+                expired = symbol.rotator.expire(now_ms)
                 if expired is not None:
-                    self._seal(symbol, expired)
+                    symbol.seal(expired)
             if loop.time() >= next_disk_check:
                 next_disk_check = loop.time() + DISK_CHECK_SECONDS
                 await self._check_disk(loop.time())
@@ -218,3 +247,5 @@ class Service:
         else:
             log.error("stopped with %d file(s) not shipped; they stay in %s for the next start",
                       self.shipper.pending(), c.spool_dir)
+        if c.lag_report is not None and self._lag_ms is not None:
+            c.lag_report.write_bytes(orjson.dumps({"tick_seconds": TICK_SECONDS, "lag_ms": self._lag_ms}))

@@ -44,15 +44,15 @@ MessageHandler = Callable[["Link", bytes, bool], None]
 
 
 class Sink(Protocol):
-    """Where a stream delivers: the collector's spool side."""
+    """Where one symbol's stream delivers: the collector's spool side for that symbol."""
 
-    def on_trade(self, symbol: str, trade: Trade) -> None: ...
+    def on_trade(self, trade: Trade) -> None: ...
 
-    def on_rejected(self, symbol: str, reason: str) -> None: ...
+    def on_rejected(self, reason: str) -> None: ...
 
-    def on_reconnect(self, symbol: str) -> None: ...
+    def on_reconnect(self) -> None: ...
 
-    def last_trade_id(self, symbol: str) -> int | None: ...
+    def last_trade_id(self) -> int | None: ...
 
 
 class LocationRefused(Exception):
@@ -252,13 +252,13 @@ class SymbolStream:
             handover = self._handover
             if link is self._link:
                 if handover is None:
-                    self.sink.on_trade(self.symbol, parsed)
+                    self.sink.on_trade(parsed)
                     return
                 if handover.from_old(parsed):
-                    self.sink.on_trade(self.symbol, parsed)
+                    self.sink.on_trade(parsed)
             elif handover is not None:
                 for trade in handover.from_new(parsed):
-                    self.sink.on_trade(self.symbol, trade)
+                    self.sink.on_trade(trade)
             else:
                 return  # a link being closed after a handover: the current link covers its trades
             if handover.joined:
@@ -273,7 +273,7 @@ class SymbolStream:
         else:
             assert isinstance(parsed, Rejected)
             reason = parsed.reason
-        self.sink.on_rejected(self.symbol, reason)
+        self.sink.on_rejected(reason)
 
     # the loop
 
@@ -312,7 +312,7 @@ class SymbolStream:
         else:
             self._connections += 1
             if self._connections > 1:
-                self.sink.on_reconnect(self.symbol)
+                self.sink.on_reconnect()
             return link
         if self._link is link:
             self._link = None
@@ -377,7 +377,7 @@ class SymbolStream:
         """Open a new link while `old` keeps delivering, join them by trade id, close `old`.
         False if the new link could not be opened; `old` then stays in service."""
         log.info("%s: handing over (%s): opening the new connection before closing the old one", self.symbol, why)
-        handover = self._handover = Handover(self.sink.last_trade_id(self.symbol))
+        handover = self._handover = Handover(self.sink.last_trade_id())
         new = await self._open()
         if new is None:
             self._handover = None
@@ -389,7 +389,7 @@ class SymbolStream:
             log.warning("%s: new connection did not overlap the old one; switching anyway", self.symbol)
         self._link, self._handover = new, None
         for trade in handover.release():
-            self.sink.on_trade(self.symbol, trade)
+            self.sink.on_trade(trade)
         await old.close("handover to a new connection")
         log.info("%s: handover done at trade id %s", self.symbol, handover.last_id)
         return True

@@ -38,7 +38,7 @@ def test_valid_trades_come_out_byte_identical_and_counts_add_up(frames, rotate_b
             placement = rotator.place(parsed, now)
             if placement.seal is not None:
                 sealed.append(placement.seal)
-            files.setdefault(placement.target.part.stem, bytearray()).extend(parsed.raw + b"\n")
+            files.setdefault(rotator.current.part.stem, bytearray()).extend(parsed.raw + b"\n")
         else:
             rejected += 1
             rotator.note_malformed()

@@ -37,12 +37,15 @@ def test_an_old_file_is_sealed_before_the_next_trade_even_without_a_tick():
     rot.place(trade(1), now_ms=0)
     placement = rot.place(trade(2), now_ms=5_000)
     assert placement.seal is not None and placement.seal.stats.last_trade_id == 1
-    assert placement.target.stats.first_trade_id == 2
+    assert rot.current.stats.first_trade_id == 2
 
 
 def test_no_empty_files_and_names_strictly_increase():
     rot = rotator(rotate_bytes=150)
-    parts = [rot.place(trade(n), now_ms=42).target.part for n in range(3)]  # one line per file, same ms
+    parts = []
+    for n in range(3):  # one line per file, all in the same millisecond
+        rot.place(trade(n), now_ms=42)
+        parts.append(rot.current.part)
     assert [p.opened_at_ms for p in parts] == [42, 43, 44]
     assert rot.detach() is not None and rot.detach() is None
 

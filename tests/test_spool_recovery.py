@@ -35,7 +35,8 @@ def test_a_half_written_file_is_sealed_without_its_torn_last_line(tmp_path):
 def test_sealed_files_and_lone_manifests_are_shipped_under_their_own_keys(tmp_path):
     s = spool(tmp_path)
     rot = Rotator(symbol="BTCUSDT", instance_id="i-1", rotate_bytes=10_000, rotate_seconds=5)
-    first = rot.place(parse_message(trade_line(1)[:-1], text=True, symbol="BTCUSDT"), 1_000).target
+    rot.place(parse_message(trade_line(1)[:-1], text=True, symbol="BTCUSDT"), 1_000)
+    first = rot.current
     s.path(first.part, JSONL).write_bytes(trade_line(1))
     sealed = s.seal(first.part, first.stats)
     assert not s.path(first.part, JSONL).exists()
