@@ -29,6 +29,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.run
 
+rehearse: $(STAMP) $(NODE_STAMP)
+	$(PY) -m pytest -m rehearsal -v
+
 synth: $(STAMP) $(NODE_STAMP)
 	npx cdk synth
 

@@ -19,6 +19,9 @@ def main() -> None:
     )
     # botocore logs every credential lookup at INFO; our own lines say what matters.
     logging.getLogger("botocore").setLevel(logging.WARNING)
+    # The sealing and upload threads run Python code (boto3); with the default 5 ms switch interval the
+    # event loop can wait that long for the GIL, which shows as loop lag. 1 ms keeps it responsive.
+    sys.setswitchinterval(0.001)
     asyncio.run(Service(settings).run())
 
 

@@ -214,6 +214,7 @@ class SymbolStream:
         self.symbol = symbol
         self.url = stream_url(ws_url, symbol)
         self.sink = sink
+        self._on_trade = sink.on_trade  # bound once: called for every message
         self.compression = compression
         self.ping_interval = ping_interval
         self.connection_lifetime = connection_lifetime
@@ -247,12 +248,12 @@ class SymbolStream:
     # messages, from the links
 
     def _on_message(self, link: Link, data: bytes, text: bool) -> None:
-        parsed = parse_message(data, text=text, symbol=self.symbol)
+        parsed = parse_message(data, text, self.symbol)
         if type(parsed) is Trade:
             handover = self._handover
             if link is self._link:
                 if handover is None:
-                    self.sink.on_trade(parsed)
+                    self._on_trade(parsed)
                     return
                 if handover.from_old(parsed):
                     self.sink.on_trade(parsed)
