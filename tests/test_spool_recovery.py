@@ -4,6 +4,7 @@ import gzip
 
 import orjson
 
+from collector.config import GZIP_LEVEL
 from collector.frames import parse_message
 from collector.keys import Part
 from collector.rotator import Rotator
@@ -12,7 +13,7 @@ from tests.test_frames import TRADE
 
 
 def spool(tmp_path):
-    return Spool(tmp_path, bucket="b-test", gzip_level=6, clock_ms=lambda: 1764433206123)
+    return Spool(tmp_path, bucket="b-test", gzip_level=GZIP_LEVEL, clock_ms=lambda: 1764433206123)
 
 
 def trade_line(trade_id: int) -> bytes:
