@@ -22,7 +22,12 @@ def main() -> None:
     # The sealing and upload threads run Python code (boto3); with the default 5 ms switch interval the
     # event loop can wait that long for the GIL, which shows as loop lag. 1 ms keeps it responsive.
     sys.setswitchinterval(0.001)
-    asyncio.run(Service(settings).run())
+    try:
+        service = Service(settings)
+    except OSError as exc:
+        print(f"python -m collector: error: spool directory {settings.spool_dir}: {exc.strerror}", file=sys.stderr)
+        raise SystemExit(2) from None
+    raise SystemExit(asyncio.run(service.run()))
 
 
 if __name__ == "__main__":

@@ -41,8 +41,8 @@ class Rotator:
         self.current: SpoolFile | None = None
         self.ids = IdTracker()
         self._last_opened_ms = -1
-        # Counted while no file is open; they belong to the next file.
-        self._pending_malformed = 0
+        # Counted while no file is open; they belong to the next file (public: tests check the accounting).
+        self.pending_malformed = 0
         self._pending_reconnects = 0
 
     def _open(self, now_ms: int) -> SpoolFile:
@@ -50,7 +50,7 @@ class Rotator:
         opened = max(now_ms, self._last_opened_ms + 1)
         self._last_opened_ms = opened
         spool = SpoolFile(Part(self.symbol, self.instance_id, opened))
-        spool.stats.malformed_messages, self._pending_malformed = self._pending_malformed, 0
+        spool.stats.malformed_messages, self.pending_malformed = self.pending_malformed, 0
         spool.stats.reconnects, self._pending_reconnects = self._pending_reconnects, 0
         return spool
 
@@ -85,7 +85,7 @@ class Rotator:
         if self.current is not None:
             self.current.stats.malformed_messages += 1
         else:
-            self._pending_malformed += 1
+            self.pending_malformed += 1
 
     def note_reconnect(self) -> None:
         if self.current is not None:

@@ -61,7 +61,9 @@ class S3Uploader:
             except ClientError as exc:
                 status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
                 if status == 412:
-                    # Our keys are unique per instance: an existing object is ours from an earlier try.
+                    # Keys are unique per instance, so this is our own earlier try whose answer was lost. (Only
+                    # a wall clock stepping back across a restart could reuse a key: hence a warning.)
+                    log.warning("%s is already in S3 (412): taken as our own earlier upload", key)
                     return False
                 error = f"HTTP {status} {exc.response.get('Error', {}).get('Code', '')}"
             except BotoCoreError as exc:

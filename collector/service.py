@@ -63,24 +63,38 @@ class SymbolSpool:
     old file is closed and handed to `seal`. Runs once per message, so it keeps its lookups short."""
 
     def __init__(self, *, rotator: Rotator, spool: Spool, seal: Callable[[SpoolFile], None],
-                 rejects: RejectLog) -> None:
+                 rejects: RejectLog, fail: Callable[[str], None]) -> None:
         self.symbol = rotator.symbol
         self.rotator = rotator
         self.spool = spool
         self.writer: BufferedWriter | None = None
+        # Trades received after the spool failed: they cannot be kept, so they are at least counted.
+        self.unwritten = 0
         self._seal = seal
         self._rejects = rejects
+        self._fail = fail
         self._place = rotator.place
 
     def on_trade(self, trade: Trade) -> None:
+        if self.unwritten:
+            self.unwritten += 1
+            return
+        # The wall clock in milliseconds, inline: this runs for every message.
         seal, gap = self._place(trade, time.time_ns() // 1_000_000)
-        if seal is not None:
-            self.seal(seal)
-        writer = self.writer
-        if writer is None:
-            assert self.rotator.current is not None
-            writer = self.writer = self.spool.open_for_append(self.rotator.current.part)
-        writer.write(trade.raw + b"\n")  # one call is cheaper than two, even with the copy
+        try:
+            if seal is not None:
+                self.seal(seal)
+            writer = self.writer
+            if writer is None:
+                assert self.rotator.current is not None
+                writer = self.writer = self.spool.open_for_append(self.rotator.current.part)
+            writer.write(trade.raw + b"\n")  # one call is cheaper than two, even with the copy
+        except OSError as exc:
+            # A spool that cannot be written (disk full, I/O error) does not heal by itself: stop, and let
+            # systemd restart the collector, whose first act is to sweep and ship what is on disk.
+            self.unwritten = 1
+            self._fail(f"{self.symbol}: cannot write the spool: {exc}")
+            return
         if gap is not None:
             log.warning("%s: trade ids %d..%d missing (%d)", self.symbol, gap.first, gap.last, gap.missing)
 
@@ -98,14 +112,21 @@ class SymbolSpool:
         return self.rotator.ids.last_id
 
     def seal(self, spool_file: SpoolFile) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
-        self._seal(spool_file)
+        writer, self.writer = self.writer, None
+        try:
+            if writer is not None:
+                writer.close()
+        finally:
+            # Sealed even if the close failed: whatever reached the file is shipped, by us or the next sweep.
+            self._seal(spool_file)
 
     def flush(self) -> None:
-        if self.writer is not None:
-            self.writer.flush()
+        if self.writer is not None and not self.unwritten:
+            try:
+                self.writer.flush()
+            except OSError as exc:
+                self.unwritten = 1
+                self._fail(f"{self.symbol}: cannot write the spool: {exc}")
 
 
 class Service:
@@ -123,7 +144,7 @@ class Service:
             SymbolSpool(
                 rotator=Rotator(symbol=symbol, instance_id=config.instance_id, rotate_bytes=config.rotate_bytes,
                                 rotate_seconds=config.rotate_seconds),
-                spool=self.spool, seal=self._seal, rejects=rejects,
+                spool=self.spool, seal=self._seal, rejects=rejects, fail=self.fail,
             )
             for symbol in config.symbols
         ]
@@ -135,6 +156,7 @@ class Service:
         ]
         self._sealing: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
+        self.exit_status = 0
         self._paused_since: float | None = None
         self._lag_ms: list[float] | None = [] if config.lag_report is not None else None
 
@@ -151,8 +173,8 @@ class Service:
         try:
             sealed = await asyncio.to_thread(self.spool.seal, spool_file.part, stats)
         except OSError as exc:
-            # The JSONL stays in the spool and is sealed by the next start's sweep.
-            log.error("sealing %s failed, left in the spool: %s", spool_file.part.stem, exc)
+            # The JSONL stays in the spool; the restart's sweep seals it.
+            self.fail(f"sealing {spool_file.part.stem} failed: {exc}")
             return
         compressed = sealed.data.stat().st_size if sealed.data else 0
         log.info(
@@ -212,12 +234,27 @@ class Service:
 
     # lifecycle
 
+    def fail(self, reason: str) -> None:
+        """Something that should not happen did: stop as for SIGTERM, then exit 1 so that systemd restarts us."""
+        log.critical("%s; stopping so that a restart recovers from the spool", reason)
+        self.exit_status = 1
+        self._stop.set()
+
+    def _supervise(self, task: asyncio.Task[Any]) -> None:
+        def done(task: asyncio.Task[Any]) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                log.critical("task %s crashed", task.get_name(), exc_info=task.exception())
+                self.fail(f"task {task.get_name()} crashed")
+
+        task.add_done_callback(done)
+
     def stop(self, signame: str) -> None:
         if not self._stop.is_set():
             log.info("%s received: stopping", signame)
         self._stop.set()
 
-    async def run(self) -> None:
+    async def run(self) -> int:
+        """Until SIGTERM/SIGINT (exit status 0) or a failure (1)."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop, sig.name)
@@ -226,18 +263,22 @@ class Service:
                  c.instance_id, ",".join(c.symbols), c.ws_url, c.bucket, c.spool_dir)
         for sealed in await asyncio.to_thread(self.spool.recover, c.instance_id):
             self.shipper.add(sealed)
-        self.shipper.start()
+        for worker in self.shipper.start():
+            self._supervise(worker)
         stream_tasks = [asyncio.create_task(s.run(), name=f"stream-{s.symbol}") for s in self.streams]
         ticker = asyncio.create_task(self._tick(), name="tick")
+        for task in (*stream_tasks, ticker):
+            self._supervise(task)
         await self._stop.wait()
         deadline = loop.time() + c.shutdown_timeout
 
         for stream in self.streams:
             stream.stop()
         _, slow = await asyncio.wait(stream_tasks, timeout=STREAM_STOP_SECONDS)
-        for task in slow:
+        for task in (*slow, ticker):
             task.cancel()
-        ticker.cancel()
+        # No link may deliver once the last files are sealed.
+        await asyncio.gather(*slow, ticker, return_exceptions=True)
         self._seal_all()
         if self._sealing:
             await asyncio.wait(self._sealing)
@@ -246,5 +287,9 @@ class Service:
         else:
             log.error("stopped with %d file(s) not shipped; they stay in %s for the next start",
                       self.shipper.pending(), c.spool_dir)
+        lost = sum(symbol.unwritten for symbol in self.symbols)
+        if lost:
+            log.critical("%d trade(s) received after the spool failed could not be written", lost)
         if c.lag_report is not None and self._lag_ms is not None:
             c.lag_report.write_bytes(orjson.dumps({"tick_seconds": TICK_SECONDS, "lag_ms": self._lag_ms}))
+        return self.exit_status

@@ -4,6 +4,7 @@ once both are there. A file whose attempts all failed goes back into the queue a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 
@@ -24,12 +25,15 @@ class Shipper:
         self.backoff = Backoff(UPLOAD_REQUEUE_FIRST_SECONDS, UPLOAD_REQUEUE_CAP_SECONDS, random.Random())
         self.uploaded = 0
         self._workers: list[asyncio.Task[None]] = []
+        # Set when waiting out a backoff is no longer worth it (shutdown: one last try for everything).
+        self._retry_now = asyncio.Event()
 
     def add(self, item: Sealed) -> None:
         self.queue.put_nowait((item.part.opened_at_ms, item.part.stem, item))
 
-    def start(self) -> None:
+    def start(self) -> list[asyncio.Task[None]]:
         self._workers = [asyncio.create_task(self._work(), name=f"shipper-{n}") for n in range(WORKERS)]
+        return self._workers
 
     def _ship(self, item: Sealed) -> None:
         """Blocking; runs in a worker thread."""
@@ -44,6 +48,8 @@ class Shipper:
         self.spool.remove(item)
 
     async def _work(self) -> None:
+        # Anything but a failed upload (a local file gone, a bug) ends the worker; the service then
+        # stops and the restart's sweep takes over.
         while True:
             entry = await self.queue.get()
             try:
@@ -53,18 +59,17 @@ class Shipper:
                 log.error("upload failed, kept on disk and retried in %.0f s: %s", delay, exc)
                 self.queue.put_nowait(entry)
                 self.queue.task_done()
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._retry_now.wait()
                 continue
-            except OSError as exc:
-                # The local files are gone or unreadable: nothing to retry from; say so loudly.
-                log.error("cannot ship %s: %s", entry[1], exc)
-            else:
-                self.uploaded += 1
-                self.backoff.reset()
+            self.uploaded += 1
+            self.backoff.reset()
             self.queue.task_done()
 
     async def drain(self, timeout: float) -> bool:
         """Wait until the queue is empty (true) or `timeout` passes (false); then stop the workers."""
+        self._retry_now.set()
         try:
             async with asyncio.timeout(timeout):
                 await self.queue.join()

@@ -85,7 +85,13 @@ class Spool:
         return self.path(part, JSONL).open("ab", buffering=WRITE_BUFFER_BYTES)
 
     def usage_bytes(self) -> int:
-        return sum(entry.stat().st_size for entry in os.scandir(self.dir) if entry.is_file())
+        total = 0
+        for entry in os.scandir(self.dir):
+            try:
+                total += entry.stat().st_size
+            except FileNotFoundError:  # shipped or renamed since the listing
+                continue
+        return total
 
     # sealing runs in a worker thread: compression and hashing release the GIL
 

@@ -226,7 +226,9 @@ class SymbolStream:
         # The link whose trades are delivered; during a handover the new link's trades go to `_handover`.
         self._link: Link | None = None
         self._handover: Handover | None = None
-        self._planned = False
+        # When the next planned handover is due (loop time), and why.
+        self._handover_at = float("inf")
+        self._handover_why = ""
         self._connections = 0
         self._retry_after = 0.0
 
@@ -269,7 +271,7 @@ class SymbolStream:
             reason = "serverShutdown notice"
             if link is self._link and self._handover is None:
                 log.warning("%s: serverShutdown announced, handing over to a new connection", self.symbol)
-                self._planned = True
+                self._handover_at, self._handover_why = 0.0, "serverShutdown"
                 self._wake.set()
         else:
             assert isinstance(parsed, Rejected)
@@ -328,7 +330,10 @@ class SymbolStream:
         return False
 
     async def _wait(self, *futures: asyncio.Future[str], timeout: float) -> None:
-        """Until one of `futures` is done, `_wake` is set, or `timeout` passes."""
+        """Until one of `futures` is done, `_wake` is set, or `timeout` passes; at once when stopping or
+        paused, so a `stop()` or `pause()` that came while we were busy is never slept through."""
+        if self._stopping or not self._running.is_set():
+            return
         self._wake.clear()
         waker = asyncio.ensure_future(self._wake.wait())
         try:
@@ -340,10 +345,11 @@ class SymbolStream:
         """Until the link ends or is replaced by a handover."""
         loop = link.loop
         started = loop.time()
-        self._planned = False
+        self._handover_at = started + self.connection_lifetime
+        self._handover_why = f"lifetime of {self.connection_lifetime:g} s"
         while True:
-            until_handover = started + self.connection_lifetime - loop.time()
-            await self._wait(link.closed, timeout=max(0.0, min(self.ping_interval / 2, until_handover)))
+            await self._wait(link.closed, timeout=max(0.0, min(self.ping_interval / 2,
+                                                              self._handover_at - loop.time())))
             now = loop.time()
             if link.closed.done():
                 reason = link.closed.result()
@@ -359,11 +365,11 @@ class SymbolStream:
                 break
             if silent > self.ping_interval:
                 link.ping()
-            if self._planned or now - started >= self.connection_lifetime:
-                why = "serverShutdown" if self._planned else f"lifetime of {self.connection_lifetime:g} s"
-                if await self._hand_over(link, why):
+            if now >= self._handover_at:
+                if await self._hand_over(link, self._handover_why):
                     return
-                started, self._planned = loop.time(), False
+                # The old link still works: try again soon, well before Binance cuts it.
+                self._handover_at = loop.time() + self.backoff.next()
         self._link = None
         if self._stopping or not self._running.is_set():
             log.info("%s: disconnected: %s", self.symbol, reason)
@@ -375,22 +381,36 @@ class SymbolStream:
         await self._wait(timeout=delay)
 
     async def _hand_over(self, old: Link, why: str) -> bool:
-        """Open a new link while `old` keeps delivering, join them by trade id, close `old`.
-        False if the new link could not be opened; `old` then stays in service."""
+        """Open a new link while `old` keeps delivering, join them by trade id, then close `old`.
+        False when `old` stays in service: the new link failed, died, or delivered nothing in time, or we
+        are stopping or pausing. Trades held from the new link are delivered either way."""
         log.info("%s: handing over (%s): opening the new connection before closing the old one", self.symbol, why)
         handover = self._handover = Handover(self.sink.last_trade_id())
         new = await self._open()
         if new is None:
             self._handover = None
             return False
-        deadline = old.loop.time() + HANDOVER_TIMEOUT_SECONDS
-        while not handover.joined and not old.closed.done() and old.loop.time() < deadline:
-            await self._wait(old.closed, timeout=deadline - old.loop.time())
-        if not handover.joined:
-            log.warning("%s: new connection did not overlap the old one; switching anyway", self.symbol)
-        self._link, self._handover = new, None
+        loop = old.loop
+        deadline = loop.time() + HANDOVER_TIMEOUT_SECONDS
+        while (not handover.joined and not old.closed.done() and not new.closed.done()
+               and loop.time() < deadline and not self._stopping and self._running.is_set()):
+            await self._wait(old.closed, new.closed, timeout=deadline - loop.time())
+        switch = handover.joined or (old.closed.done() and not new.closed.done())
+        if not switch and not new.closed.done() and not old.closed.done() and handover.held \
+                and not self._stopping and self._running.is_set():
+            log.warning("%s: new connection did not overlap the old one in %.0f s; switching anyway",
+                        self.symbol, HANDOVER_TIMEOUT_SECONDS)
+            switch = True
+        self._handover = None
         for trade in handover.release():
             self.sink.on_trade(trade)
+        if not switch:
+            log.warning("%s: handover abandoned (%s); keeping the old connection", self.symbol,
+                        "new connection closed" if new.closed.done() else
+                        "stopping" if self._stopping or not self._running.is_set() else "new connection silent")
+            await new.close("handover abandoned")
+            return False
+        self._link = new
         await old.close("handover to a new connection")
         log.info("%s: handover done at trade id %s", self.symbol, handover.last_id)
         return True

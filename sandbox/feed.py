@@ -84,6 +84,8 @@ class Feed:
         # Every message sent, by (symbol, id), for byte-for-byte checks; off for long or fast runs.
         self.messages: dict[tuple[str, int], bytes] | None = {} if keep_messages else None
         self.skipped: set[tuple[str, int]] = set()
+        # Connections opened from now on get no trades and are cut after this many seconds (None: normal).
+        self.new_connections_die_after: float | None = None
         self.refuse_status: int | None = None
         self.silent = False
         self.handshakes = 0
@@ -115,6 +117,11 @@ class Feed:
             market = self.markets[symbol] = Market(symbol)
             self._tasks.append(asyncio.create_task(self._produce(market)))
         sub = Subscriber(connection, symbol)
+        if self.new_connections_die_after is not None:
+            # Open, pings answered, but no trades, then cut: a connection that fails during a handover.
+            await asyncio.sleep(self.new_connections_die_after)
+            connection.transport.abort()
+            return
         market.subscribers.append(sub)
         try:
             if self.max_connection_seconds is None:

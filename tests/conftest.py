@@ -56,11 +56,11 @@ def s3(s3_server: LocalS3) -> Iterator[LocalS3]:
 class Collector:
     """`python -m collector` as a subprocess, with its log in a file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, preexec_fn: Callable[[], None] | None = None) -> None:
         self.log_path = log_path
         self._log = log_path.open("ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "collector"], cwd=ROOT, env=env,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+                                     stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=preexec_fn)
 
     @property
     def log(self) -> str:
@@ -101,7 +101,8 @@ def start_collector(tmp_path: Path, spool_dir: Path, s3: LocalS3) -> Iterator[Ca
     """Start collectors against the test's S3 (and whatever ws_url is passed); all are stopped at the end."""
     started: list[Collector] = []
 
-    def start(*, ws_url: str, endpoint: str | None = None, **settings: Any) -> Collector:
+    def start(*, ws_url: str, endpoint: str | None = None, preexec_fn: Callable[[], None] | None = None,
+              **settings: Any) -> Collector:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("COLLECTOR_", "AWS_"))}
         env.update(s3.env())
         if endpoint is not None:
@@ -109,7 +110,7 @@ def start_collector(tmp_path: Path, spool_dir: Path, s3: LocalS3) -> Iterator[Ca
         env.update({"COLLECTOR_BUCKET": BUCKET, "COLLECTOR_WS_URL": ws_url, "COLLECTOR_SPOOL_DIR": str(spool_dir),
                     "COLLECTOR_INSTANCE_ID": "test-1", "COLLECTOR_ROTATE_SECONDS": "1"})
         env.update({"COLLECTOR_" + k.upper(): str(v) for k, v in settings.items()})
-        collector = Collector(env, tmp_path / f"collector-{len(started)}.log")
+        collector = Collector(env, tmp_path / f"collector-{len(started)}.log", preexec_fn)
         started.append(collector)
         return collector
 

@@ -55,5 +55,5 @@ def test_valid_trades_come_out_byte_identical_and_counts_add_up(frames, rotate_b
     assert all(f.stats.uncompressed_bytes == len(files[f.part.stem]) for f in sealed)
     assert all(f.stats.uncompressed_bytes <= rotate_bytes or f.stats.record_count == 1 for f in sealed)
     # rejections after the last trade stay pending for a file that never opened
-    assert sum(f.stats.malformed_messages for f in sealed) + rotator._pending_malformed == rejected
+    assert sum(f.stats.malformed_messages for f in sealed) + rotator.pending_malformed == rejected
     assert len({f.part.stem for f in sealed}) == len(sealed)
