@@ -9,9 +9,10 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
+from userdata import SHEBANG
+
 ROOT_DEVICE = "/dev/xvda"  # Amazon Linux 2023's root device name
 ROOT_VOLUME_GIB = 8  # the AMI's own size; the spool is capped at 1 GiB (collector.config.SPOOL_MAX_BYTES)
-SHEBANG = "#!/bin/bash"  # what ec2.UserData.for_linux() puts first
 
 
 class CollectorFleet(Construct):

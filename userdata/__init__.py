@@ -21,7 +21,7 @@ from collector.config import SHUTDOWN_TIMEOUT
 
 # websockets 17 needs Python >= 3.11; 3.11 is also what the test suite runs on.
 PYTHON = "python3.11"
-SHEBANG = "#!/bin/bash"
+SHEBANG = "#!/bin/bash"  # bootstrap.sh's first line; the stack hands the rest to ec2.UserData.for_linux()
 ARCHIVE_PATH = "/opt/collector/collector.tar.gz"  # where cfn-init writes the collector from the init metadata
 APP_DIR = "/opt/collector/app"
 VENV_DIR = "/opt/collector/venv"
