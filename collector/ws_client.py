@@ -258,10 +258,10 @@ class SymbolStream:
                     self._on_trade(parsed)
                     return
                 if handover.from_old(parsed):
-                    self.sink.on_trade(parsed)
+                    self._on_trade(parsed)
             elif handover is not None:
                 for trade in handover.from_new(parsed):
-                    self.sink.on_trade(trade)
+                    self._on_trade(trade)
             else:
                 return  # a link being closed after a handover: the current link covers its trades
             if handover.joined:
@@ -403,7 +403,7 @@ class SymbolStream:
             switch = True
         self._handover = None
         for trade in handover.release():
-            self.sink.on_trade(trade)
+            self._on_trade(trade)
         if not switch:
             log.warning("%s: handover abandoned (%s); keeping the old connection", self.symbol,
                         "new connection closed" if new.closed.done() else
