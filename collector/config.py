@@ -28,6 +28,10 @@ PING_INTERVAL = 20.0
 CONNECTION_LIFETIME = 23.5 * 3600
 # The unit's TimeoutStopSec is derived from this, so SIGTERM always finishes before systemd's SIGKILL.
 SHUTDOWN_TIMEOUT = 60.0
+# Short S3 timeouts: a dead endpoint fails an attempt quickly. An attempt in flight at the shutdown deadline
+# may still run these out, so the unit's TimeoutStopSec adds them to SHUTDOWN_TIMEOUT.
+S3_CONNECT_TIMEOUT_SECONDS = 3
+S3_READ_TIMEOUT_SECONDS = 15
 # ISA-L's igzip level (0-3), chosen by bench/: level 1 gives about zlib -6's ratio at a tenth of its CPU.
 GZIP_LEVEL = 1
 GZIP_LEVELS = range(0, 4)

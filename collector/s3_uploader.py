@@ -14,12 +14,11 @@ import boto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
+from collector.config import S3_CONNECT_TIMEOUT_SECONDS, S3_READ_TIMEOUT_SECONDS
+
 log = logging.getLogger("collector.s3")
 
 FIRST_RETRY_SECONDS = 0.5
-# Short timeouts: a dead endpoint must fail an attempt quickly so shutdown stays inside its budget.
-CONNECT_TIMEOUT_SECONDS = 3
-READ_TIMEOUT_SECONDS = 15
 
 
 class UploadFailed(Exception):
@@ -32,8 +31,8 @@ def make_client() -> Any:
         "s3",
         config=BotoConfig(
             retries={"total_max_attempts": 1},
-            connect_timeout=CONNECT_TIMEOUT_SECONDS,
-            read_timeout=READ_TIMEOUT_SECONDS,
+            connect_timeout=S3_CONNECT_TIMEOUT_SECONDS,
+            read_timeout=S3_READ_TIMEOUT_SECONDS,
             max_pool_connections=4,
         ),
     )

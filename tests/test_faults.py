@@ -249,3 +249,22 @@ def test_a_spool_that_cannot_be_written_stops_with_status_1_and_the_restart_reco
     again.wait_for_log("uploaded s3://", count=4)
     assert again.terminate() == 0
     assert list(spool_dir.iterdir()) == []
+
+
+def test_sigterm_with_s3_hanging_still_exits_inside_the_units_stop_timeout(feed, s3, start_collector, spool_dir):
+    """10. An endpoint that accepts connections and never answers: every attempt waits out its timeouts, and
+    the exit still comes within shutdown timeout + one attempt's connect and read timeouts (what the unit's
+    TimeoutStopSec allows for)."""
+    from collector.config import S3_CONNECT_TIMEOUT_SECONDS, S3_READ_TIMEOUT_SECONDS
+
+    with socket.socket() as blackhole:
+        blackhole.bind(("127.0.0.1", 0))
+        blackhole.listen(64)  # connections complete in the kernel; nothing ever reads or answers them
+        endpoint = f"http://127.0.0.1:{blackhole.getsockname()[1]}"
+        collector = start_collector(ws_url=feed.feed.url, endpoint=endpoint, shutdown_timeout=2)
+        collector.wait_for_log("rotated BTCUSDT", count=2)
+        started = time.monotonic()
+        assert collector.terminate() == 0
+        assert time.monotonic() - started < 2 + S3_CONNECT_TIMEOUT_SECONDS + S3_READ_TIMEOUT_SECONDS + 3
+    assert "not shipped; they stay in" in collector.log
+    assert any(p.name.endswith(".jsonl.gz") for p in spool_dir.iterdir())

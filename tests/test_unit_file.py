@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import userdata
-from collector.config import SHUTDOWN_TIMEOUT
+from collector.config import S3_CONNECT_TIMEOUT_SECONDS, S3_READ_TIMEOUT_SECONDS, SHUTDOWN_TIMEOUT
 from tests.cdk_support import require_tool
 
 MAX_EXPOSURE = 2.0
@@ -70,4 +70,4 @@ def test_unit_runs_the_collector_as_an_unprivileged_restarting_service() -> None
 
 def test_stop_timeout_leaves_the_collector_time_to_ship_its_spool() -> None:
     (timeout,) = _directives(userdata.render_unit())["TimeoutStopSec"]
-    assert int(timeout) >= math.ceil(SHUTDOWN_TIMEOUT) + 15
+    assert int(timeout) >= math.ceil(SHUTDOWN_TIMEOUT) + S3_CONNECT_TIMEOUT_SECONDS + S3_READ_TIMEOUT_SECONDS

@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from collector.config import SHUTDOWN_TIMEOUT
+from collector.config import S3_CONNECT_TIMEOUT_SECONDS, S3_READ_TIMEOUT_SECONDS, SHUTDOWN_TIMEOUT
 
 # websockets 17 needs Python >= 3.11; 3.11 is also what the test suite runs on.
 PYTHON = "python3.11"
@@ -28,8 +28,9 @@ VENV_DIR = "/opt/collector/venv"
 ENV_DIR = "/etc/collector"
 ENV_FILE = f"{ENV_DIR}/collector.env"
 UNIT_NAME = "collector.service"
-# Headroom after the collector's own SHUTDOWN_TIMEOUT for interpreter exit and a slow final upload.
-STOP_MARGIN_SECONDS = 30
+# After the collector's own SHUTDOWN_TIMEOUT: an upload attempt still in flight may run out its timeouts,
+# then the interpreter exits.
+STOP_MARGIN_SECONDS = S3_CONNECT_TIMEOUT_SECONDS + S3_READ_TIMEOUT_SECONDS + 10
 # EC2 rejects raw (pre-base64) user-data above this many bytes; neither synth nor cfn-lint notices.
 USER_DATA_LIMIT = 16_384
 # Longest values the deploy-time tokens can take: S3 allows 63-character bucket names, CloudFormation 128-character
