@@ -16,6 +16,7 @@ import pytest
 import userdata
 from tests.cdk_support import require_tool
 from userdata.archive import COLLECTOR_DIR, collector_archive, collector_files
+from userdata.lock import LOCK, REQUIREMENTS, pins
 
 # Worst case once CloudFormation resolves the tokens: the longest legal bucket and stack names and logical id.
 WORST_CASE = {"bucket": "b" * 63, "region": "ap-southeast-5x", "stack": "s" * 128, "resource": "l" * 255,
@@ -52,7 +53,7 @@ def test_archive_holds_exactly_the_modules_and_requirements() -> None:
     with tarfile.open(fileobj=io.BytesIO(collector_archive()), mode="r:gz") as tar:
         members = tar.getmembers()
     names = [m.name for m in members]
-    expected = sorted([*(p.name for p in COLLECTOR_DIR.glob("*.py")), "requirements.txt"])
+    expected = sorted([*(p.name for p in COLLECTOR_DIR.glob("*.py")), "requirements.lock", "requirements.txt"])
     assert names == ["collector", *(f"collector/{name}" for name in expected)]
     assert {(m.mtime, m.uid, m.gid) for m in members} == {(0, 0, 0)}
     assert gzip.decompress(collector_archive())  # and the gzip header carries no timestamp:
@@ -111,7 +112,7 @@ def test_script_is_strict_and_wires_everything_together() -> None:
     assert script.index("cfn-init -v") < script.index("sha256sum --check") < script.index(
         f"tar -xzf {userdata.ARCHIVE_PATH} -C {userdata.APP_DIR}")
     assert f"{userdata.PYTHON} -m venv {userdata.VENV_DIR}" in script
-    assert f"-r {userdata.APP_DIR}/collector/requirements.txt" in script
+    assert f"--require-hashes -r {userdata.APP_DIR}/collector/requirements.lock" in script
     env_file = re.search(rf"cat > {userdata.ENV_FILE} <<'ENV'\n(.*?)\nENV\n", script, re.DOTALL)
     assert env_file is not None
     assert env_file[1].splitlines() == [
@@ -209,3 +210,11 @@ def test_script_signals_failure_when_the_unit_keeps_restarting(tmp_path: Path) -
     assert f"{userdata.UNIT_NAME} is not running steadily (restarts: 2)" in result.stderr
     assert calls[-1].startswith("cfn-signal --exit-code 1 ")
     assert not any(call.startswith("cfn-signal --exit-code 0") for call in calls)
+
+
+def test_the_hash_lock_pins_exactly_the_runtime_requirements() -> None:
+    """The instances install requirements.lock; it must not drift from requirements.txt (`make lock`)."""
+    lock_text = LOCK.read_text()
+    assert pins(lock_text) == pins(REQUIREMENTS.read_text())
+    hashed = re.findall(r"^([a-z0-9-]+)==\S+ \\\n(?:    --hash=sha256:[0-9a-f]{64}(?: \\)?\n)+", lock_text, re.M)
+    assert sorted(hashed) == sorted(pins(lock_text)), "every pin carries at least one sha256"

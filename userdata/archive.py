@@ -9,14 +9,14 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COLLECTOR_DIR = REPO_ROOT / "collector"
+REQUIREMENT_FILES = ("requirements.txt", "requirements.lock")
 
 
 def collector_files(collector_dir: Path = COLLECTOR_DIR) -> list[Path]:
-    """What the instances need: the package's modules and its pinned runtime requirements, nothing else."""
+    """What the instances need: the package's modules and its pinned runtime requirements (versions, and the
+    hash lock the instances install from), nothing else."""
     files = list(collector_dir.glob("*.py"))
-    requirements = collector_dir / "requirements.txt"
-    if requirements.is_file():
-        files.append(requirements)
+    files += [path for name in REQUIREMENT_FILES if (path := collector_dir / name).is_file()]
     return sorted(files, key=lambda path: path.name)
 
 

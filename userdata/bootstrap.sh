@@ -50,7 +50,7 @@ tar -xzf @ARCHIVE_PATH@ -C @APP_DIR@
 
 @PYTHON@ -m venv @VENV_DIR@
 retry @VENV_DIR@/bin/pip install --no-cache-dir --disable-pip-version-check --only-binary=:all: \
-  -r @APP_DIR@/collector/requirements.txt
+  --require-hashes -r @APP_DIR@/collector/requirements.lock
 # The service cannot write next to its code (ProtectSystem=strict), so compile the bytecode once, here.
 @VENV_DIR@/bin/python -m compileall -q @APP_DIR@/collector
 
