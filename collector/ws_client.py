@@ -231,6 +231,7 @@ class SymbolStream:
         self._handover_why = ""
         self._connections = 0
         self._retry_after = 0.0
+        self._stale_trades = 0
 
     # control, from the service
 
@@ -263,7 +264,10 @@ class SymbolStream:
                 for trade in handover.from_new(parsed):
                     self._on_trade(trade)
             else:
-                return  # a link being closed after a handover: the current link covers its trades
+                # A link being closed after a handover. When the handover joined, the current link has
+                # delivered these too; when it did not, they fall in the reported gap. Counted either way.
+                self._stale_trades += 1
+                return
             if handover.joined:
                 self._wake.set()
             return
@@ -410,7 +414,12 @@ class SymbolStream:
                         "stopping" if self._stopping or not self._running.is_set() else "new connection silent")
             await new.close("handover abandoned")
             return False
-        self._link = new
+        self._link, self._stale_trades = new, 0
         await old.close("handover to a new connection")
         log.info("%s: handover done at trade id %s", self.symbol, handover.last_id)
+        if self._stale_trades:
+            log.log(logging.INFO if handover.joined else logging.WARNING,
+                    "%s: %d trade(s) arrived on the replaced connection while it closed and were dropped (%s)",
+                    self.symbol, self._stale_trades,
+                    "the new connection had them" if handover.joined else "they fall in the reported gap")
         return True
