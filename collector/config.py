@@ -205,7 +205,7 @@ def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None =
         prog="python -m collector",
         description="Collect Binance trades into S3 (gzip JSONL objects plus a manifest each).",
         epilog="S3 endpoint, region and credentials come from boto3's standard chain "
-        "(AWS_REGION, AWS_ENDPOINT_URL_S3, instance profile).",
+        "(AWS_DEFAULT_REGION, AWS_ENDPOINT_URL_S3, instance profile).",
     )
     for opt in options:
         shown = "required" if opt.default is None else opt.default or "empty"

@@ -90,10 +90,7 @@ class SymbolSpool:
                 writer = self.writer = self.spool.open_for_append(self.rotator.current.part)
             writer.write(trade.raw + b"\n")  # one call is cheaper than two, even with the copy
         except OSError as exc:
-            # A spool that cannot be written (disk full, I/O error) does not heal by itself: stop, and let
-            # systemd restart the collector, whose first act is to sweep and ship what is on disk.
-            self.unwritten = 1
-            self._fail(f"{self.symbol}: cannot write the spool: {exc}")
+            self._broken(exc)
             return
         if gap is not None:
             log.warning("%s: trade ids %d..%d missing (%d)", self.symbol, gap.first, gap.last, gap.missing)
@@ -125,8 +122,13 @@ class SymbolSpool:
             try:
                 self.writer.flush()
             except OSError as exc:
-                self.unwritten = 1
-                self._fail(f"{self.symbol}: cannot write the spool: {exc}")
+                self._broken(exc)
+
+    def _broken(self, exc: OSError) -> None:
+        # A spool that cannot be written (disk full, I/O error) does not heal by itself: stop, and let
+        # systemd restart the collector, whose first act is to sweep and ship what is on disk.
+        self.unwritten = 1
+        self._fail(f"{self.symbol}: cannot write the spool: {exc}")
 
 
 class Service:

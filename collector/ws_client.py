@@ -399,19 +399,21 @@ class SymbolStream:
         while (not handover.joined and not old.closed.done() and not new.closed.done()
                and loop.time() < deadline and not self._stopping and self._running.is_set()):
             await self._wait(old.closed, new.closed, timeout=deadline - loop.time())
-        switch = handover.joined or (old.closed.done() and not new.closed.done())
-        if not switch and not new.closed.done() and not old.closed.done() and handover.held \
-                and not self._stopping and self._running.is_set():
+        busy = self._stopping or not self._running.is_set()
+        # Switch when joined; else only to a live new link that delivers, when the old one is gone or we
+        # gave up waiting for the overlap (then the gap is reported).
+        overlap_missed = not handover.joined and not old.closed.done() and bool(handover.held) and not busy
+        switch = handover.joined or (not new.closed.done() and (old.closed.done() or overlap_missed))
+        if switch and overlap_missed:
             log.warning("%s: new connection did not overlap the old one in %.0f s; switching anyway",
                         self.symbol, HANDOVER_TIMEOUT_SECONDS)
-            switch = True
         self._handover = None
         for trade in handover.release():
             self._on_trade(trade)
         if not switch:
             log.warning("%s: handover abandoned (%s); keeping the old connection", self.symbol,
                         "new connection closed" if new.closed.done() else
-                        "stopping" if self._stopping or not self._running.is_set() else "new connection silent")
+                        "stopping" if busy else "new connection silent")
             await new.close("handover abandoned")
             return False
         self._link, self._stale_trades = new, 0
