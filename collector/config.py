@@ -88,13 +88,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _bucket(text: str) -> str:
+def bucket_name(text: str) -> str:
     if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", text):
         raise ValueError("must be an S3 bucket name (3-63 lowercase letters, digits, dots, hyphens)")
     return text
 
 
-def _symbols(text: str) -> tuple[str, ...]:
+def symbol_list(text: str) -> tuple[str, ...]:
     symbols = tuple(dict.fromkeys(s.strip().upper() for s in text.split(",") if s.strip()))
     if not symbols:
         raise ValueError("must name at least one symbol")
@@ -165,8 +165,8 @@ def _default_spool_dir(environ: Mapping[str, str]) -> str:
 
 def _options(environ: Mapping[str, str]) -> list[_Option]:
     return [
-        _Option("bucket", _bucket, None, "destination S3 bucket (required)"),
-        _Option("symbols", _symbols, "BTCUSDT", "comma-separated symbols, case-insensitive"),
+        _Option("bucket", bucket_name, None, "destination S3 bucket (required)"),
+        _Option("symbols", symbol_list, "BTCUSDT", "comma-separated symbols, case-insensitive"),
         _Option("ws_url", _ws_url, BINANCE_WS_URL, "base URL; /ws/<symbol>@trade is appended"),
         _Option("instance_id", _instance_id, socket.gethostname().split(".")[0] or "local",
                 "goes into keys and manifests (the user-data sets the EC2 instance id)"),

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 EXCHANGE = "binance"
 STREAM = "trade"
 DATA_PREFIX = "raw/"
 MANIFEST_PREFIX = "manifests/"
+# Written by the operator's audit tool, never by the instances: backfill keeps data objects and their
+# manifests side by side in the layout of raw/; curated holds one deduplicated day per symbol.
+BACKFILL_PREFIX = "backfill/"
+BACKFILL_INSTANCE = "backfill"
+CURATED_PREFIX = "curated/"
 DATA_SUFFIX = ".jsonl.gz"
 MANIFEST_SUFFIX = ".manifest.json"
 
@@ -35,20 +40,18 @@ class Part:
         """Local spool name, unique per instance: `<SYMBOL>-<instance>-<ts>`."""
         return f"{self.symbol}-{self.instance_id}-{timestamp(self.opened_at_ms)}"
 
-    def _partition(self) -> str:
+    def key(self, prefix: str, suffix: str) -> str:
         dt = datetime.fromtimestamp(self.opened_at_ms / 1000, tz=UTC)
-        return (
-            f"exchange={EXCHANGE}/stream={STREAM}/symbol={self.symbol}/"
-            f"date={dt:%Y-%m-%d}/hour={dt:%H}/part-{self.instance_id}-{timestamp(self.opened_at_ms)}"
-        )
+        return (hour_prefix(prefix, self.symbol, dt.date(), dt.hour)
+                + f"part-{self.instance_id}-{timestamp(self.opened_at_ms)}{suffix}")
 
     @property
     def data_key(self) -> str:
-        return DATA_PREFIX + self._partition() + DATA_SUFFIX
+        return self.key(DATA_PREFIX, DATA_SUFFIX)
 
     @property
     def manifest_key(self) -> str:
-        return MANIFEST_PREFIX + self._partition() + MANIFEST_SUFFIX
+        return self.key(MANIFEST_PREFIX, MANIFEST_SUFFIX)
 
     @classmethod
     def from_stem(cls, stem: str) -> Part:
@@ -59,3 +62,14 @@ class Part:
         opened = datetime.strptime(m["ts"][:-4], "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
         ms = int(opened.timestamp()) * 1000 + int(m["ts"][-4:-1])
         return cls(symbol=m["symbol"], instance_id=m["instance"], opened_at_ms=ms)
+
+
+def hour_prefix(prefix: str, symbol: str, day: date, hour: int) -> str:
+    """The folder of one hour's objects under `prefix` (raw/, manifests/ or backfill/)."""
+    return f"{prefix}exchange={EXCHANGE}/stream={STREAM}/symbol={symbol}/date={day:%Y-%m-%d}/hour={hour:02d}/"
+
+
+def curated_keys(symbol: str, day: date) -> tuple[str, str]:
+    """(data key, manifest key) of the curated day of `symbol`."""
+    folder = f"{CURATED_PREFIX}exchange={EXCHANGE}/symbol={symbol}/date={day:%Y-%m-%d}/"
+    return folder + "trades" + DATA_SUFFIX, folder + "manifest.json"

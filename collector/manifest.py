@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from collector.keys import EXCHANGE, STREAM, Part
+from collector.keys import DATA_PREFIX, DATA_SUFFIX, EXCHANGE, STREAM, Part
 from collector.stats import FileStats
 
 SCHEMA_VERSION = 1
@@ -19,14 +19,16 @@ def iso_millis(epoch_ms: int) -> str:
 
 
 def build(
-    *, part: Part, stats: FileStats, bucket: str, compressed_bytes: int, sha256: str, created_at_ms: int
+    *, part: Part, stats: FileStats, bucket: str, compressed_bytes: int, sha256: str, created_at_ms: int,
+    prefix: str = DATA_PREFIX,
 ) -> dict[str, Any]:
+    """`prefix` is where the data object lives: raw/ for the collector, backfill/ for the audit tool."""
     return {
         "schema_version": SCHEMA_VERSION,
         "source": {"exchange": EXCHANGE, "stream": STREAM, "symbol": part.symbol, "instance_id": part.instance_id},
         "payload": {
             "bucket": bucket,
-            "key": part.data_key,
+            "key": part.key(prefix, DATA_SUFFIX),
             "format": "jsonl",
             "compression": "gzip",
             "record_count": stats.record_count,

@@ -1,0 +1,154 @@
+"""`python -m audit`: completeness audit, backfill and compaction of one symbol's day.
+
+Exit status: 0 when the day is complete, 1 when holes remain (or objects do not match their manifests),
+2 for bad input or when the bucket or the REST history cannot be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+from botocore.exceptions import BotoCoreError, ClientError
+
+from audit import backfill, binance_rest, bucket, check, compact, plot, report
+from audit.ranges import Hole
+from collector.config import bucket_name, symbol_list
+
+COMMANDS = ("check", "backfill", "compact")
+
+
+def _symbol(text: str) -> str:
+    symbols = symbol_list(text)
+    if len(symbols) != 1:
+        raise ValueError("name one symbol")
+    return symbols[0]
+
+
+def _day(text: str) -> date:
+    return date.fromisoformat(text)
+
+
+def _as_argparse(fn: object) -> object:
+    """argparse shows ValueError's own words only for a named type; this keeps the contract's messages."""
+
+    def convert(text: str) -> object:
+        try:
+            return fn(text)  # type: ignore[operator]
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m audit", description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n")[1])
+    sub = parser.add_subparsers(dest="command", metavar="{check,backfill,compact}")
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--bucket", required=True, type=_as_argparse(bucket_name), help="the collector's bucket")
+    common.add_argument("--symbol", default="BTCUSDT", type=_as_argparse(_symbol), help="default: %(default)s")
+    common.add_argument("--date", default=yesterday, type=_as_argparse(_day),
+                        help="UTC day, YYYY-MM-DD (default: yesterday, %(default)s)")
+    common.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    c = sub.add_parser("check", parents=[common], help="which trade ids each replica holds, and the holes (default)",
+                       description="From manifests alone: per instance the trade-id ranges and uptime, their "
+                       "union, every range no replica holds, the duplicates ratio, manifests that fail the "
+                       "schema. Data objects are read only where a manifest shows ids missing inside its file.")
+    c.add_argument("--verify", action="store_true",
+                   help="also download every data object and re-check sha256, record count and first/last ids")
+    c.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    c.add_argument("--plot", type=Path, metavar="FILE.png", help="write a timeline of the coverage")
+
+    b = sub.add_parser("backfill", parents=[common], help="fetch the ids no replica holds from Binance's REST history",
+                       description="Audits the day, fetches every hole from GET /api/v3/historicalTrades (weight 25 "
+                       "a call, kept under the IP's budget) and stores it under backfill/ as ordinary data "
+                       "objects and manifests (source.instance_id = backfill), then audits again.")
+    b.add_argument("--rest-url", default=binance_rest.DEFAULT_URL,
+                   help="Binance REST base URL (default: %(default)s)")
+    b.add_argument("--max-weight", type=int, default=4800,
+                   help="request weight to use per minute, of Binance's 6000 per IP (default: %(default)s)")
+    b.add_argument("--dry-run", action="store_true", help="say what would be fetched, fetch nothing")
+
+    sub.add_parser("compact", parents=[common], help="write one deduplicated, id-ordered day to curated/",
+                   description="Merges every replica and the backfill into curated/exchange=binance/symbol=S/"
+                   "date=D/trades.jsonl.gz (lines byte-identical to the raw ones) and a manifest.json that "
+                   "certifies complete: true or lists the holes. Safe to re-run.")
+    return parser
+
+
+def _print_backfill(result: backfill.Backfill) -> None:
+    for fill in result.fills:
+        what = report.describe_hole(fill.hole)
+        if fill.skipped:
+            print(f"backfill: {what}: skipped, {fill.skipped}")
+        else:
+            print(f"backfill: {what}: {fill.fetched} trades fetched into {len(fill.keys)} object(s)")
+    print(f"backfill: {result.fetched} trades, {result.calls} REST calls ({result.weight} weight) "
+          f"in {result.seconds:.1f} s")
+
+
+def _run(args: argparse.Namespace, s3: Any) -> int:
+    audit = check.run(s3, args.bucket, args.symbol, args.date, verify=getattr(args, "verify", False),
+                      quiet=args.quiet)
+    if args.command == "check":
+        if args.plot:
+            plot.save(audit, args.plot)
+        if args.json:
+            sys.stdout.buffer.write(orjson.dumps(report.as_json(audit), option=orjson.OPT_INDENT_2) + b"\n")
+        else:
+            print(report.table(audit))
+        return 0 if audit.complete and not audit.mismatches else 1
+    if args.command == "backfill":
+        if args.dry_run or not audit.coverage.holes:
+            print(report.table(audit))
+            return 0 if audit.complete else 1
+        history = binance_rest.HistoricalTrades(args.rest_url, api_key=os.environ.get("BINANCE_API_KEY") or None,
+                                                max_weight_per_minute=args.max_weight)
+        _print_backfill(backfill.run(s3, args.bucket, args.symbol, audit.coverage, history,
+                                     now_ms=int(time.time() * 1000)))
+        audit = check.run(s3, args.bucket, args.symbol, args.date, quiet=args.quiet)
+        print(report.table(audit))
+        return 0 if audit.complete else 1
+    curated = compact.run(s3, audit, quiet=args.quiet)
+    doc = curated.manifest
+    state = "complete" if doc["complete"] else f"INCOMPLETE, {len(doc['holes'])} hole(s)"
+    print(f"compact: s3://{args.bucket}/{curated.data_key}: {doc['payload']['record_count']} trades, ids "
+          f"{doc['payload']['first_trade_id']}..{doc['payload']['last_trade_id']}, {state}; "
+          f"{doc['quality']['duplicates_dropped']} duplicates dropped, {doc['quality']['disagreements']} "
+          f"disagreement(s), in {curated.seconds:.1f} s")
+    for hole in doc["holes"]:
+        print("  " + report.describe_hole(Hole(**hole)))
+    return 0 if doc["complete"] else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] not in (*COMMANDS, "-h", "--help"):
+        args_list.insert(0, "check")  # `python -m audit --bucket B ...` is the audit itself
+    args = _parser().parse_args(args_list)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command is None:
+        _parser().print_help()
+        return 2
+    try:
+        return _run(args, bucket.client())
+    except (BotoCoreError, ClientError) as exc:
+        print(f"audit: cannot use s3://{args.bucket}: {exc}", file=sys.stderr)
+        return 2
+    except binance_rest.BackfillError as exc:
+        print(f"audit: backfill stopped: {exc}", file=sys.stderr)
+        return 2
+
+if __name__ == "__main__":
+    sys.exit(main())
