@@ -41,10 +41,21 @@ def describe_hole(hole: Hole) -> str:
             f"between {_time(hole.after_time)} and {_time(hole.before_time)}")
 
 
+def _shortfall(holes: list[Hole]) -> list[str]:
+    closed = [h for h in holes if h.ids is not None]
+    said = [f"{len(closed)} hole(s), {sum(h.ids or 0 for h in closed)} ids missing"] if closed else []
+    if any(h.first is None and h.last is None for h in holes):
+        return ["no data for this day"]
+    if any(h.first is None for h in holes):
+        said.append("the day's start is not covered")
+    if any(h.last is None for h in holes):
+        said.append("the day's end is not covered")
+    return said
+
+
 def table(audit: Audit) -> str:
     cov = audit.coverage
-    missing = sum(h.ids or 0 for h in cov.holes)
-    verdict = "COMPLETE" if audit.complete else f"INCOMPLETE: {len(cov.holes)} hole(s), {missing} known ids missing"
+    verdict = "COMPLETE" if audit.complete else "INCOMPLETE: " + ", ".join(_shortfall(cov.holes))
     out = [f"{audit.symbol} {audit.day} in s3://{audit.bucket}: {verdict}"]
     if cov.union:
         out.append(f"ids {cov.first_id}..{cov.last_id}: {cov.unique_ids} held, {cov.records} records in "

@@ -13,11 +13,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
+from audit import bucket as audit_bucket
+from audit import check, report
 from collector.config import SHUTDOWN_TIMEOUT
 from sandbox.feed import FeedThread
-from sandbox.local_s3 import running_s3
+from sandbox.local_s3 import REGION, LocalS3, running_s3
 from sandbox.verify import check_bucket, coverage
 
 BUCKET = "tradecollector-demo"
@@ -74,9 +77,24 @@ def main() -> int:
                 line += f"; coverage {landed}/{sent} ids the feed sent ({dupes} duplicates)"
                 ok = ok and landed == sent and sent > 0
             print(line)
+        ok = _audit(s3, symbols) and ok
         print("demo: " + ("OK" if ok else "FAILED"))
         return 0 if ok else 1
     return 1
+
+
+def _audit(s3: LocalS3, symbols: str) -> bool:
+    """The operator's audit of today for each symbol. The demo holds a few seconds of the day, so the day's
+    start and end are open; any hole between them, or a manifest or object that fails, is a failure."""
+    client = audit_bucket.client(s3.endpoint, REGION)
+    ok = True
+    for symbol in symbols.upper().split(","):
+        print(f"\n$ python -m audit check --bucket {BUCKET} --symbol {symbol} --date today")
+        audit = check.run(client, BUCKET, symbol, datetime.now(UTC).date(), quiet=True)
+        print(report.table(audit))
+        inner = [h for h in audit.coverage.holes if h.first is not None and h.last is not None]
+        ok = ok and not inner and not audit.rejected and not audit.mismatches
+    return ok
 
 
 if __name__ == "__main__":
