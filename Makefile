@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt collector/requirements.txt | cksum | cut -d' ' -f1)
 NODE_STAMP := node_modules/.installed-$(shell cksum < package-lock.json 2>/dev/null | cut -d' ' -f1)
 
-.PHONY: demo test lint bench rehearse lock synth clean
+.PHONY: demo test lint bench bench-audit rehearse lock synth clean
 
 $(STAMP): requirements-dev.txt collector/requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed")'
@@ -28,6 +28,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.run
+
+bench-audit: $(STAMP)
+	$(PY) -m bench.audit_day
 
 rehearse: $(STAMP) $(NODE_STAMP)
 	$(PY) -m pytest -m rehearsal -v
