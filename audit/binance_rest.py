@@ -1,7 +1,7 @@
 """Binance's REST trade history, `GET /api/v3/historicalTrades`: the source of the trades every replica missed.
 
 `HistoricalTrades` is the I/O shell (urllib). What it decides lives in plain functions without I/O: how long the
-weight budget says to wait (`WeightBudget`), how long to back off (`backoff_delay`), whether an answer is trade
+weight budget says to wait (`WeightBudget`), whether an answer is trade
 history (`check_page`).
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import random
 import time
 import urllib.error
 import urllib.parse
@@ -21,6 +22,8 @@ from typing import Any
 
 import orjson
 
+from collector.backoff import Backoff
+
 log = logging.getLogger("audit.binance_rest")
 
 DEFAULT_URL = "https://api.binance.com"
@@ -28,6 +31,7 @@ PAGE_LIMIT = 1000
 CALL_WEIGHT = 25  # historicalTrades' request weight, whatever the limit
 WINDOW_SECONDS = 60.0  # Binance counts REQUEST_WEIGHT per IP per minute
 RETRY_AFTER_DEFAULT_SECONDS = 60.0
+# Binance's side failing (5xx, network): 0.5 s, then doubling with jitter up to 30 s.
 BACKOFF_FIRST_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 30.0
 
@@ -91,11 +95,6 @@ class WeightBudget:
         return max(0.0, self.window_start + WINDOW_SECONDS - now)
 
 
-def backoff_delay(failures: int) -> float:
-    """The wait after the `failures`-th failure in a row: 0.5 s, 1 s, 2 s, … up to 30 s."""
-    return min(BACKOFF_CAP_SECONDS, BACKOFF_FIRST_SECONDS * 2 ** (failures - 1))
-
-
 def _header_int(headers: Message, name: str) -> int | None:
     value = (headers.get(name) or "").strip()
     return int(value) if value.isascii() and value.isdigit() else None
@@ -146,6 +145,7 @@ class HistoricalTrades:
         attempts: int = 5,
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
     ) -> None:
         if urllib.parse.urlsplit(base_url).scheme not in ("http", "https"):
             raise ValueError(f"not an http(s) URL: {base_url!r}")
@@ -159,6 +159,7 @@ class HistoricalTrades:
         self._budget = WeightBudget(max_weight_per_minute)
         self._sleep = sleep
         self._monotonic = monotonic
+        self._rng = rng or random.Random()
 
     def page(self, symbol: str, from_id: int, limit: int = PAGE_LIMIT) -> list[dict[str, Any]]:
         """Up to `limit` trades of `symbol` from id `from_id` on, oldest first; [] past the last trade."""
@@ -166,13 +167,14 @@ class HistoricalTrades:
         url = f"{self.base_url}/api/v3/historicalTrades?{query}"
         where = f"{symbol} fromId={from_id}"
         failures = 0
+        backoff = Backoff(BACKOFF_FIRST_SECONDS, BACKOFF_CAP_SECONDS, self._rng)
         while True:
             self._wait_for_budget()
             try:
                 status, headers, body = self._get(url)
             except (OSError, http.client.HTTPException) as error:  # refused, reset, timed out, torn answer
                 last_error = f"{type(error).__name__}: {error}"
-                delay = backoff_delay(failures + 1)
+                delay = backoff.next()
             else:
                 self.weight_used += CALL_WEIGHT
                 self._budget.observe(_header_int(headers, "X-MBX-USED-WEIGHT-1M"), self._monotonic())
@@ -186,7 +188,7 @@ class HistoricalTrades:
                     retry_after = _header_int(headers, "Retry-After")
                     delay = RETRY_AFTER_DEFAULT_SECONDS if retry_after is None else float(retry_after)
                 elif status >= HTTPStatus.INTERNAL_SERVER_ERROR:
-                    delay = backoff_delay(failures + 1)
+                    delay = backoff.next()
                 else:
                     raise HistoryError(f"Binance refused {where}: {last_error}", code=code)
             failures += 1
