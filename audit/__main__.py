@@ -112,6 +112,10 @@ def _run(args: argparse.Namespace, s3: Any) -> int:
     if args.command == "backfill":
         if args.dry_run or not audit.coverage.holes:
             print(report.table(audit))
+            if args.dry_run and audit.coverage.holes:
+                calls = sum(-(-(h.ids or 0) // binance_rest.PAGE_LIMIT) for h in audit.coverage.holes)
+                print(f"dry run: the holes above would take at least {calls} REST call(s) "
+                      f"({calls * binance_rest.CALL_WEIGHT} weight), open edges more; nothing fetched")
             return 0 if audit.complete else 1
         history = binance_rest.HistoricalTrades(args.rest_url, api_key=os.environ.get("BINANCE_API_KEY") or None,
                                                 max_weight_per_minute=args.max_weight)

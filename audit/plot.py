@@ -32,8 +32,9 @@ def save(audit: Audit, path: Path) -> None:
     for hole in cov.holes:
         a = start if hole.after_time is None else max(hole.after_time, start)
         b = end if hole.before_time is None else min(hole.before_time, end)
-        ax.axvspan((a - start) / HOUR_MS, max(b - a, 20_000) / HOUR_MS + (a - start) / HOUR_MS,
-                   color="tab:red", alpha=0.35, lw=0)
+        # Holes of a few ids are seconds wide; three minutes keeps each one visible on a day's axis.
+        ax.axvspan((a - start) / HOUR_MS, (a - start + max(b - a, 180_000)) / HOUR_MS, color="tab:red", alpha=0.35,
+                   lw=0)
     ax.set_yticks(range(len(rows)), rows)
     ax.set_ylim(-0.6, len(rows) - 0.4)
     ax.invert_yaxis()
