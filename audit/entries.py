@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -14,6 +15,7 @@ import jsonschema
 from audit.ranges import Span
 from collector.keys import BACKFILL_PREFIX, DATA_PREFIX, DATA_SUFFIX, MANIFEST_PREFIX, MANIFEST_SUFFIX
 
+_NAME_RE = re.compile(r"^part-(?P<instance>.+)-\d{8}T\d{9}Z" + re.escape(MANIFEST_SUFFIX) + "$")
 # A copy of `shared/manifest.schema.json`, the data contract; a test keeps the two equal.
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 
@@ -90,7 +92,8 @@ def problems(manifest_key: str, doc: object, *, symbol: str) -> list[str]:
         found.append(f"payload.key {p['key']} does not match the manifest's own key")
     if doc["source"]["symbol"] != symbol or f"/symbol={symbol}/" not in manifest_key:
         found.append(f"symbol {doc['source']['symbol']} where {symbol} was listed")
-    if f"/part-{doc['source']['instance_id']}-" not in manifest_key:
+    named = _NAME_RE.match(manifest_key.rpartition("/")[2])
+    if named is None or named["instance"] != doc["source"]["instance_id"]:
         found.append(f"instance {doc['source']['instance_id']} is not the one in the key")
     if p["first_trade_id"] > p["last_trade_id"] or p["min_trade_time"] > p["max_trade_time"]:
         found.append("first/last trade id or min/max trade time out of order")

@@ -48,6 +48,8 @@ def check_object(entry: Entry, body: bytes) -> ObjectCheck:
             event = orjson.loads(line)
             trade_id, trade_time = event["t"], event["T"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
+            trade_id = trade_time = None
+        if type(trade_id) is not int or type(trade_time) is not int:
             problems.append(f"line {number} is not a trade event")
             return result
         if trade_id <= previous:
