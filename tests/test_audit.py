@@ -178,7 +178,7 @@ def test_backfill_then_compact_make_the_ground_truth_day(day, s3_server) -> None
     assert rerun.manifest == doc  # same sources, same day, same bytes
 
 
-def test_an_open_start_is_walked_back_and_then_bracketed(s3_server) -> None:
+def test_an_open_start_is_walked_back_and_then_bracketed_from_the_command_line(s3_server) -> None:
     bucket = "audit-open-start"
     s3_server.create_bucket(bucket)
     market = Market.generate(SYMBOL, start_ms=START - 7_200_000, end_ms=END + 600_000, spacing_ms=20_000, seed=3)
@@ -188,12 +188,22 @@ def test_an_open_start_is_walked_back_and_then_bracketed(s3_server) -> None:
     write(client, bucket, market, [Run("i-a", first_of_day + 30, market.trades[-1].id)])
     audit = check.run(client, bucket, SYMBOL, DAY, quiet=True)
     assert audit.coverage.holes == [Hole(None, first_of_day + 29, None, market.by_id(first_of_day + 30).time)]
+    env = {**os.environ, **s3_server.env()}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "audit", *args, "--bucket", bucket, "--date", DAY.isoformat()],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+
     with HistoryServer({SYMBOL: market}) as rest:
-        filled = backfill.run(client, bucket, SYMBOL, audit.coverage, HistoricalTrades(rest.url), now_ms=NOW)
-    assert filled.fetched == 31  # the day's first 30 trades and the one before midnight that brackets them
-    after = check.run(client, bucket, SYMBOL, DAY, quiet=True)
-    assert after.complete, report.table(after)
-    curated = compact.run(client, after, quiet=True, now_ms=NOW)
-    body = client.get_object(Bucket=bucket, Key=curated.data_key)["Body"].read()
+        dry = cli("backfill", "--rest-url", rest.url, "--dry-run")
+        assert dry.returncode == 1 and "open start" in dry.stdout and rest.calls == 0
+        done = cli("backfill", "--rest-url", rest.url)
+    # The day's first 30 trades and the one before midnight that brackets them; then the audit says complete.
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "31 trades fetched" in done.stdout and "COMPLETE" in done.stdout
+    compacted = cli("compact")
+    assert compacted.returncode == 0, compacted.stdout + compacted.stderr
+    data_key, manifest_key = curated_keys(SYMBOL, DAY)
+    body = client.get_object(Bucket=bucket, Key=data_key)["Body"].read()
     assert igzip.decompress(body).splitlines() == market.day_lines(DAY)
-    assert curated.manifest["complete"] is True
+    assert orjson.loads(client.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())["complete"] is True
