@@ -68,6 +68,28 @@ class Rotator:
         current.stats.add(trade, line_bytes, gap)
         return _APPEND if seal is None and gap is None else Placement(seal, gap)
 
+    def place_run(self, trades: list[Trade], nbytes: int, now_ms: int) -> Placement | None:
+        """`place` for trades that arrived together (one socket read), as one append of `nbytes`: the usual
+        case of ids that continue the run and fit the open (or the next) file. None when the batch needs
+        `place` trade by trade: an id gap or repeat, or a size rotation that falls inside it."""
+        first = trades[0].trade_id
+        last = self.ids.last_id
+        if (last is not None and first != last + 1) or [t.trade_id for t in trades] != list(
+                range(first, first + len(trades))):
+            return None
+        current = self.current
+        seal = None
+        if current is None or now_ms - current.part.opened_at_ms >= self.rotate_ms:
+            if nbytes > self.rotate_bytes:
+                return None
+            seal, current = current, self._open(now_ms)
+            self.current = current
+        elif current.stats.uncompressed_bytes + nbytes > self.rotate_bytes:
+            return None
+        self.ids.last_id = trades[-1].trade_id
+        current.stats.add_run(trades, nbytes)
+        return _APPEND if seal is None else Placement(seal, None)
+
     def expire(self, now_ms: int) -> SpoolFile | None:
         """The open file, detached, if it is due by age; called by the shell's timer."""
         current = self.current

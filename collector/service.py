@@ -74,13 +74,30 @@ class SymbolSpool:
         self._rejects = rejects
         self._fail = fail
         self._place = rotator.place
+        self._place_run = rotator.place_run
 
     def on_trade(self, trade: Trade) -> None:
         if self.unwritten:
             self.unwritten += 1
             return
-        # The wall clock in milliseconds, inline: this runs for every message.
         seal, gap = self._place(trade, time.time_ns() // 1_000_000)
+        # One write call is cheaper than two, even with the copy.
+        if self._append(seal, trade.raw + b"\n", 1) and gap is not None:
+            log.warning("%s: trade ids %d..%d missing (%d)", self.symbol, gap.first, gap.last, gap.missing)
+
+    def on_trades(self, trades: list[Trade]) -> None:
+        placement = None
+        if not self.unwritten and len(trades) > 1:
+            lines = b"\n".join([t.raw for t in trades]) + b"\n"
+            placement = self._place_run(trades, len(lines), time.time_ns() // 1_000_000)
+        if placement is None:  # a gap, a repeat or a size rotation inside the batch: trade by trade
+            for trade in trades:
+                self.on_trade(trade)
+            return
+        self._append(placement.seal, lines, len(trades))
+
+    def _append(self, seal: SpoolFile | None, lines: bytes, count: int) -> bool:
+        """Seal `seal` if any, then append `lines` (`count` trades) to the open file; False if the spool failed."""
         try:
             if seal is not None:
                 self.seal(seal)
@@ -88,12 +105,11 @@ class SymbolSpool:
             if writer is None:
                 assert self.rotator.current is not None
                 writer = self.writer = self.spool.open_for_append(self.rotator.current.part)
-            writer.write(trade.raw + b"\n")  # one call is cheaper than two, even with the copy
+            writer.write(lines)
         except OSError as exc:
-            self._broken(exc)
-            return
-        if gap is not None:
-            log.warning("%s: trade ids %d..%d missing (%d)", self.symbol, gap.first, gap.last, gap.missing)
+            self._broken(exc, count)
+            return False
+        return True
 
     def on_rejected(self, reason: str) -> None:
         self.rotator.note_malformed()
@@ -122,12 +138,13 @@ class SymbolSpool:
             try:
                 self.writer.flush()
             except OSError as exc:
-                self._broken(exc)
+                self._broken(exc, 1)
 
-    def _broken(self, exc: OSError) -> None:
+    def _broken(self, exc: OSError, count: int) -> None:
         # A spool that cannot be written (disk full, I/O error) does not heal by itself: stop, and let
-        # systemd restart the collector, whose first act is to sweep and ship what is on disk.
-        self.unwritten = 1
+        # systemd restart the collector, whose first act is to sweep and ship what is on disk. From here on
+        # `unwritten` (never 0 again) counts what could not be kept.
+        self.unwritten = max(count, 1)
         self._fail(f"{self.symbol}: cannot write the spool: {exc}")
 
 

@@ -40,13 +40,17 @@ HANDOVER_TIMEOUT_SECONDS = 10.0
 PROTOCOL_MAX_SIZE = 1 << 20
 REFUSED_STATUSES = (403, 451)
 
-MessageHandler = Callable[["Link", bytes, bool], None]
+# Every complete message of one socket read, in order: (data, is_text). One call per read, not per message.
+MessagesHandler = Callable[["Link", list[tuple[bytes, bool]]], None]
 
 
 class Sink(Protocol):
     """Where one symbol's stream delivers: the collector's spool side for that symbol."""
 
     def on_trade(self, trade: Trade) -> None: ...
+
+    def on_trades(self, trades: list[Trade]) -> None:
+        """Trades of one socket read, in order; the same as `on_trade` for each."""
 
     def on_rejected(self, reason: str) -> None: ...
 
@@ -70,13 +74,13 @@ def stream_url(ws_url: str, symbol: str) -> str:
 class Link(asyncio.Protocol):
     """One WebSocket connection."""
 
-    def __init__(self, url: str, *, compression: bool, on_message: MessageHandler) -> None:
+    def __init__(self, url: str, *, compression: bool, on_messages: MessagesHandler) -> None:
         self.ws = ClientProtocol(
             parse_uri(url),
             extensions=enable_client_permessage_deflate(None) if compression else None,
             max_size=PROTOCOL_MAX_SIZE,
         )
-        self.on_message = on_message
+        self.on_messages = on_messages
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.opened: asyncio.Future[str] = self.loop.create_future()
@@ -97,7 +101,7 @@ class Link(asyncio.Protocol):
         self.last_rx = self.loop.time()
         self.ws.receive_data(data)
         self._send()
-        on_message = self.on_message
+        messages: list[tuple[bytes, bool]] = []
         for event in self.ws.events_received():
             if isinstance(event, Response):
                 self._handshake_done(event)
@@ -105,14 +109,16 @@ class Link(asyncio.Protocol):
             opcode = event.opcode
             if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
                 if event.fin:
-                    on_message(self, bytes(event.data), opcode is Opcode.TEXT)
+                    messages.append((bytes(event.data), opcode is Opcode.TEXT))
                 else:
                     self._fragments, self._fragment_text = [bytes(event.data)], opcode is Opcode.TEXT
             elif opcode is Opcode.CONT:
                 self._fragments.append(bytes(event.data))
                 if event.fin:
                     message, self._fragments = b"".join(self._fragments), []
-                    on_message(self, message, self._fragment_text)
+                    messages.append((message, self._fragment_text))
+        if messages:
+            self.on_messages(self, messages)
 
     def eof_received(self) -> bool:
         self.ws.receive_eof()
@@ -214,7 +220,7 @@ class SymbolStream:
         self.symbol = symbol
         self.url = stream_url(ws_url, symbol)
         self.sink = sink
-        self._on_trade = sink.on_trade  # bound once: called for every message
+        self._on_trade = sink.on_trade  # bound once: called for every message off the common path
         self.compression = compression
         self.ping_interval = ping_interval
         self.connection_lifetime = connection_lifetime
@@ -250,8 +256,19 @@ class SymbolStream:
 
     # messages, from the links
 
-    def _on_message(self, link: Link, data: bytes, text: bool) -> None:
-        parsed = parse_message(data, text, self.symbol)
+    def _on_messages(self, link: Link, messages: list[tuple[bytes, bool]]) -> None:
+        symbol = self.symbol
+        parsed = [parse_message(data, text, symbol) for data, text in messages]
+        if link is self._link and self._handover is None:
+            trades = [p for p in parsed if isinstance(p, Trade)]
+            if len(trades) == len(parsed):
+                # The common case: only trades, on the one link in service. The sink takes them in one go.
+                self.sink.on_trades(trades)
+                return
+        for one in parsed:
+            self._on_parsed(link, one)
+
+    def _on_parsed(self, link: Link, parsed: Trade | Notice | Rejected) -> None:
         if type(parsed) is Trade:
             handover = self._handover
             if link is self._link:
@@ -301,7 +318,7 @@ class SymbolStream:
 
     async def _open(self) -> Link | None:
         """A new open link, or None after a failed attempt (the caller decides what to do next)."""
-        link = Link(self.url, compression=self.compression, on_message=self._on_message)
+        link = Link(self.url, compression=self.compression, on_messages=self._on_messages)
         if self._handover is None:
             self._link = link
         try:

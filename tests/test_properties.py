@@ -57,3 +57,46 @@ def test_valid_trades_come_out_byte_identical_and_counts_add_up(frames, rotate_b
     # rejections after the last trade stay pending for a file that never opened
     assert sum(f.stats.malformed_messages for f in sealed) + rotator.pending_malformed == rejected
     assert len({f.part.stem for f in sealed}) == len(sealed)
+
+
+# (trades as (id step, E, padding), whether the ids just continue, ms since the previous read)
+runs = st.lists(
+    st.tuples(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 2**40), st.integers(1, 400)), min_size=1,
+                       max_size=40), st.booleans(), st.integers(0, 3000)),
+    max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(batches=runs, rotate_bytes=st.integers(300, 5000))
+def test_placing_a_read_at_once_makes_the_same_files_as_trade_by_trade(batches, rotate_bytes):
+    """`place_run` (the fast path for one socket read) must cut the same files with the same statistics as
+    `place` would, whether it takes the batch or hands it back (gaps, repeats, rotations inside)."""
+    one = Rotator(symbol=SYMBOL, instance_id="i-1", rotate_bytes=rotate_bytes, rotate_seconds=1)
+    run = Rotator(symbol=SYMBOL, instance_id="i-1", rotate_bytes=rotate_bytes, rotate_seconds=1)
+    sealed_one: list[SpoolFile] = []
+    sealed_run: list[SpoolFile] = []
+    next_id, now = 5_400_000_000, 0
+    for batch, continues, advance in batches:
+        now += advance
+        trades = []
+        for step, event_time, pad in batch:
+            next_id += 1 if continues else step  # 0 repeats an id, 2 or more skips some
+            raw = b'{"e":"trade","E":%d,"s":"BTCUSDT","t":%d,"p":"%s","T":%d}' % (
+                event_time, next_id, b"1" * pad, event_time - 1)
+            trades.append(parse_message(raw, text=True, symbol=SYMBOL))
+        for trade in trades:
+            placement = one.place(trade, now)
+            if placement.seal is not None:
+                sealed_one.append(placement.seal)
+        placement = run.place_run(trades, sum(len(t.raw) + 1 for t in trades), now)
+        if placement is None:
+            for trade in trades:
+                placement = run.place(trade, now)
+                if placement.seal is not None:
+                    sealed_run.append(placement.seal)
+        elif placement.seal is not None:
+            sealed_run.append(placement.seal)
+    for rotator, sealed in ((one, sealed_one), (run, sealed_run)):
+        if rotator.current is not None:
+            sealed.append(rotator.detach())
+    assert [(f.part, f.stats) for f in sealed_run] == [(f.part, f.stats) for f in sealed_one]
