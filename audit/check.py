@@ -70,7 +70,7 @@ def _read_manifests(s3: Any, name: str, keys: list[str], symbol: str, sizes: dic
 
 def _check_objects(s3: Any, name: str, entries: list[Entry], desc: str, quiet: bool) -> list[ObjectCheck]:
     def one(entry: Entry) -> ObjectCheck:
-        result = check_object(entry, s3.get_object(Bucket=name, Key=entry.data_key)["Body"].read())
+        result = check_object(entry, bucket.read(s3, name, entry.data_key))
         result.lines = []  # keep memory to what the audit needs: the spans
         return result
 

@@ -5,7 +5,8 @@ in order of their first id, so only those that overlap the merge point are open 
 of them is fetched ahead. Lines stay byte-identical to the raw ones; where two sources hold different bytes for
 one id, the first source wins (replicas before the backfill, then by instance and key) and it is reported.
 The curated manifest certifies `complete: true` or lists the holes. The output is deterministic (same
-sources, same bytes), so a re-run writes the same objects again.
+sources, same bytes), and its data object is named by its sha256, so a re-run never leaves a manifest that
+describes other bytes than those it names.
 """
 
 from __future__ import annotations
@@ -15,21 +16,23 @@ import heapq
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, NamedTuple
 
 import orjson
+from botocore.exceptions import ClientError
 from isal import igzip
 
 from audit import bucket
 from audit.check import Audit
+from audit.days import reaches_into
 from audit.entries import Entry
 from audit.ranges import Hole
 from collector.config import GZIP_LEVEL
-from collector.keys import BACKFILL_INSTANCE, EXCHANGE, STREAM, curated_keys
+from collector.keys import BACKFILL_INSTANCE, EXCHANGE, STREAM, curated_data_key, curated_manifest_key
 from collector.manifest import SCHEMA_VERSION, iso_millis
 from collector.spool import open_gzip
 
@@ -37,6 +40,11 @@ from collector.spool import open_gzip
 # (a data object is at most 2 MiB of JSONL, a fraction of that compressed).
 PREFETCH = 32
 DISAGREEMENT_SAMPLE = 20
+CURATED_KIND = "curated-day"
+
+
+class OutOfOrder(Exception):
+    """A data object whose lines go back in trade id although its sha256 is its manifest's."""
 
 
 def source_order(entry: Entry) -> tuple[bool, str, str]:
@@ -44,13 +52,35 @@ def source_order(entry: Entry) -> tuple[bool, str, str]:
     return (entry.instance_id == BACKFILL_INSTANCE, entry.instance_id, entry.data_key)
 
 
+def choose_sources(entries: Iterable[Entry], start_ms: int, end_ms: int) -> list[Entry]:
+    """The objects that reach into the day, plus each instance's nearest object on either side of it, so that
+    the trades next to midnight are seen (and one damaged neighbour does not hide them)."""
+    chosen: list[Entry] = []
+    before: dict[str, Entry] = {}
+    after: dict[str, Entry] = {}
+    for e in entries:
+        if reaches_into(e.min_trade_time, e.max_trade_time, start_ms, end_ms):
+            chosen.append(e)
+        elif e.max_trade_time < start_ms:
+            if e.instance_id not in before or e.last_trade_id > before[e.instance_id].last_trade_id:
+                before[e.instance_id] = e
+        elif e.instance_id not in after or e.first_trade_id < after[e.instance_id].first_trade_id:
+            after[e.instance_id] = e
+    return chosen + list(before.values()) + list(after.values())
+
+
+class Seen(NamedTuple):
+    trade_id: int
+    trade_time: int
+
+
 @dataclass
 class Merged:
     """What the merge saw, beside the lines it wrote."""
 
     records: int = 0
-    first_trade_id: int | None = None
-    last_trade_id: int | None = None
+    first: Seen | None = None  # first and last line written
+    last: Seen | None = None
     min_event_time: int | None = None
     max_event_time: int | None = None
     min_trade_time: int | None = None
@@ -59,101 +89,134 @@ class Merged:
     duplicates_dropped: int = 0
     disagreements: int = 0
     disagreement_sample: list[dict[str, Any]] = field(default_factory=list)
-    gaps: list[Hole] = field(default_factory=list)  # id jumps inside the day's output
-    bracket_before: bool = False  # the trade just before the first output id is held and is before midnight
-    bracket_after: bool = False
+    gaps: list[Hole] = field(default_factory=list)  # id jumps between the lines written
+    last_before: Seen | None = None  # the last line before the day, in id order
+    first_after: Seen | None = None  # the first line after the day
+    damaged: list[str] = field(default_factory=list)  # data keys left out: sha256 or first id not the manifest's
+
+    def holes(self) -> list[Hole]:
+        """Every range of the day's ids the output lacks; an edge is closed when the line on the other side of
+        midnight was seen, with its id known when only some line there was seen."""
+        lb, fa = self.last_before, self.first_after
+        if self.first is None or self.last is None:  # no trade of the day was written
+            if lb is not None and fa is not None and fa.trade_id == lb.trade_id + 1:
+                return []  # a day without trades, bracketed
+            return [Hole(None if lb is None else lb.trade_id + 1, None if fa is None else fa.trade_id - 1,
+                         None if lb is None else lb.trade_time, None if fa is None else fa.trade_time)]
+        holes = []
+        if lb is None or lb.trade_id + 1 < self.first.trade_id:
+            holes.append(Hole(None if lb is None else lb.trade_id + 1, self.first.trade_id - 1,
+                              None if lb is None else lb.trade_time, self.first.trade_time))
+        holes += self.gaps
+        if fa is None or fa.trade_id > self.last.trade_id + 1:
+            holes.append(Hole(self.last.trade_id + 1, None if fa is None else fa.trade_id - 1,
+                              self.last.trade_time, None if fa is None else fa.trade_time))
+        return holes
 
 
-def _lines(body: bytes) -> Iterator[tuple[int, int, int, bytes]]:
+Line = tuple[int, int, int, bytes]  # trade id, T, E, the line
+
+
+def _lines(body: bytes) -> Iterator[Line]:
     for line in igzip.decompress(body).splitlines():
         event = orjson.loads(line)
         yield event["t"], event["T"], event["E"], line
 
 
-def merge_into(out: Any, bodies: Iterator[tuple[int, Entry, bytes]], start_ms: int, end_ms: int) -> Merged:
-    """Write the day's lines of `bodies` (given in order of first id) to `out`, each id once. No S3 here."""
+def _opened(entry: Entry, body: bytes, m: Merged) -> tuple[Line, Iterator[Line]] | None:
+    """The object's first line and the rest, or None (and the key in `m.damaged`) when it is not what its
+    manifest says: those ids are taken from the other sources."""
+    if hashlib.sha256(body).hexdigest() != entry.sha256:
+        m.damaged.append(entry.data_key)
+        return None
+    lines = _lines(body)
+    first = next(lines, None)
+    if first is None or first[0] != entry.first_trade_id:
+        m.damaged.append(entry.data_key)
+        return None
+    return first, lines
+
+
+def merge_into(out: BinaryIO, bodies: Iterable[tuple[int, Entry, bytes]], start_ms: int, end_ms: int) -> Merged:
+    """Write the day's lines of `bodies` (given in order of first id; the int ranks the source, lower wins)
+    to `out`, each id once, in id order. No S3 here."""
     m = Merged()
-    heap: list[tuple[int, int, int, int, bytes, Iterator[tuple[int, int, int, bytes]], str]] = []
+    heap: list[tuple[int, int, int, int, bytes, Iterator[Line], str]] = []
     pending = iter(bodies)
     nxt = next(pending, None)
-    kept: dict[int, tuple[bytes, str]] = {}  # only the last id written: a duplicate follows it directly
-    last_id: int | None = None  # last id seen in id order (written or not)
-    last_time: int | None = None
+    written: tuple[int, bytes, str] | None = None  # the last id written, its line and source: a repeat follows it
+    last_id = -1  # the last id taken from the heap, written or not
     while heap or nxt is not None:
         # Open every object that starts at or before the merge point before taking the next line.
         while nxt is not None and (not heap or nxt[1].first_trade_id <= heap[0][0]):
             rank, entry, body = nxt
-            lines = _lines(body)
-            first = next(lines, None)
-            if first is not None:
-                heapq.heappush(heap, (first[0], rank, first[1], first[2], first[3], lines, entry.data_key))
+            opened = _opened(entry, body, m)
+            if opened is not None:
+                (trade_id, trade_time, event_time, line), lines = opened
+                heapq.heappush(heap, (trade_id, rank, trade_time, event_time, line, lines, entry.data_key))
             nxt = next(pending, None)
+        if not heap:
+            continue
         trade_id, rank, trade_time, event_time, line, lines, key = heapq.heappop(heap)
         following = next(lines, None)
         if following is not None:
+            if following[0] <= trade_id:
+                raise OutOfOrder(f"{key}: trade id {following[0]} after {trade_id}")
             heapq.heappush(heap, (following[0], rank, following[1], following[2], following[3], lines, key))
         if trade_id == last_id:
-            if trade_id in kept:
+            if written is not None and written[0] == trade_id:
                 m.duplicates_dropped += 1
-                kept_line, kept_key = kept[trade_id]
-                if line != kept_line:
+                if line != written[1]:
                     m.disagreements += 1
                     if len(m.disagreement_sample) < DISAGREEMENT_SAMPLE:
-                        m.disagreement_sample.append({"trade_id": trade_id, "kept": kept_key, "dropped": key})
+                        m.disagreement_sample.append({"trade_id": trade_id, "kept": written[2], "dropped": key})
             continue
-        in_day = start_ms <= trade_time < end_ms
-        if in_day:
-            if m.last_trade_id is None:
-                m.bracket_before = last_id == trade_id - 1 and last_time is not None and last_time < start_ms
-            elif trade_id > m.last_trade_id + 1:
-                m.gaps.append(Hole(m.last_trade_id + 1, trade_id - 1, last_time, trade_time))
-            out.write(line + b"\n")
-            kept.clear()
-            kept[trade_id] = (line, key)
-            m.records += 1
-            m.uncompressed_bytes += len(line) + 1
-            if m.first_trade_id is None:
-                m.first_trade_id = trade_id
-                m.min_event_time = m.max_event_time = event_time
-                m.min_trade_time = m.max_trade_time = trade_time
-            m.last_trade_id = trade_id
-            m.min_event_time = min(m.min_event_time, event_time)  # type: ignore[type-var]
-            m.max_event_time = max(m.max_event_time, event_time)  # type: ignore[type-var]
-            m.min_trade_time = min(m.min_trade_time, trade_time)  # type: ignore[type-var]
-            m.max_trade_time = max(m.max_trade_time, trade_time)  # type: ignore[type-var]
-        else:
-            kept.clear()
-            if trade_time >= end_ms and m.last_trade_id is not None and trade_id == m.last_trade_id + 1:
-                m.bracket_after = True
-        last_id, last_time = trade_id, trade_time
+        last_id = trade_id
+        seen = Seen(trade_id, trade_time)
+        if trade_time < start_ms:
+            if m.first is None:
+                m.last_before = seen
+            continue
+        if trade_time >= end_ms:
+            if m.first_after is None:
+                m.first_after = seen
+            continue
+        if m.last is not None and trade_id > m.last.trade_id + 1:
+            m.gaps.append(Hole(m.last.trade_id + 1, trade_id - 1, m.last.trade_time, trade_time))
+        out.write(line + b"\n")
+        written = (trade_id, line, key)
+        m.records += 1
+        m.uncompressed_bytes += len(line) + 1
+        if m.first is None:
+            m.first = seen
+            m.min_event_time = m.max_event_time = event_time
+            m.min_trade_time = m.max_trade_time = trade_time
+        m.last = seen
+        m.min_event_time = min(m.min_event_time, event_time)  # type: ignore[type-var]
+        m.max_event_time = max(m.max_event_time, event_time)  # type: ignore[type-var]
+        m.min_trade_time = min(m.min_trade_time, trade_time)  # type: ignore[type-var]
+        m.max_trade_time = max(m.max_trade_time, trade_time)  # type: ignore[type-var]
     return m
 
 
-def _fetch_in_order(s3: Any, name: str, entries: list[Entry], damaged: list[str]
-                    ) -> Iterator[tuple[int, Entry, bytes]]:
-    """Bodies in order of first id, at most PREFETCH in flight or waiting. A body whose sha256 is not its
-    manifest's is left out and its key added to `damaged`: the other replicas stand in for it."""
-    ordered = sorted(entries, key=lambda e: (e.first_trade_id, source_order(e)))
+def _fetch_in_order(s3: Any, name: str, entries: list[Entry]) -> Iterator[tuple[int, Entry, bytes]]:
+    """Bodies in order of first id, at most PREFETCH in flight or waiting, each with its source's rank."""
     rank = {e.data_key: i for i, e in enumerate(sorted(entries, key=source_order))}
-    with ThreadPoolExecutor(max_workers=min(bucket.WORKERS, PREFETCH)) as pool:
+    todo = iter(sorted(entries, key=lambda e: (e.first_trade_id, source_order(e))))
+    with ThreadPoolExecutor(max_workers=PREFETCH) as pool:
         window: deque[tuple[Entry, Future[bytes]]] = deque()
-        todo = iter(ordered)
-        for entry in todo:
-            window.append((entry, pool.submit(lambda k: s3.get_object(Bucket=name, Key=k)["Body"].read(),
-                                              entry.data_key)))
-            if len(window) >= PREFETCH:
-                break
+
+        def fetch_next() -> None:
+            entry = next(todo, None)
+            if entry is not None:
+                window.append((entry, pool.submit(bucket.read, s3, name, entry.data_key)))
+
+        for _ in range(PREFETCH):
+            fetch_next()
         while window:
             entry, future = window.popleft()
-            following = next(todo, None)
-            if following is not None:
-                window.append((following, pool.submit(
-                    lambda k: s3.get_object(Bucket=name, Key=k)["Body"].read(), following.data_key)))
-            body = future.result()
-            if hashlib.sha256(body).hexdigest() == entry.sha256:
-                yield rank[entry.data_key], entry, body
-            else:
-                damaged.append(entry.data_key)
+            fetch_next()
+            yield rank[entry.data_key], entry, future.result()
 
 
 @dataclass
@@ -164,61 +227,59 @@ class Curated:
     seconds: float
 
 
+def _previous_data_key(s3: Any, name: str, manifest_key: str) -> str | None:
+    try:
+        return orjson.loads(bucket.read(s3, name, manifest_key))["payload"]["key"]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return None
+        raise
+
+
 def run(s3: Any, audit: Audit, *, quiet: bool = False, now_ms: int | None = None) -> Curated:
     started = time.monotonic()
     cov = audit.coverage
-    sources = [e for e in audit.entries if e.max_trade_time >= cov.start_ms and e.min_trade_time < cov.end_ms]
-    # The neighbours of the day's edges are read too, so that the trade on the other side of midnight is seen.
-    before = [e for e in audit.entries if e.max_trade_time < cov.start_ms]
-    after = [e for e in audit.entries if e.min_trade_time >= cov.end_ms]
-    if before:
-        sources.append(max(before, key=lambda e: (e.last_trade_id, source_order(e))))
-    if after:
-        sources.append(min(after, key=lambda e: (e.first_trade_id, source_order(e))))
-    data_key, manifest_key = curated_keys(audit.symbol, audit.day)
+    sources = choose_sources(audit.entries, cov.start_ms, cov.end_ms)
+    manifest_key = curated_manifest_key(audit.symbol, audit.day)
     with tempfile.TemporaryDirectory(prefix="curated-") as tmp:
         path = Path(tmp) / "day.jsonl.gz"
         with path.open("wb") as raw, open_gzip(raw, GZIP_LEVEL) as out:
-            damaged: list[str] = []
-            bodies = bucket.progress(_fetch_in_order(s3, audit.bucket, sources, damaged), total=len(sources),
+            bodies = bucket.progress(_fetch_in_order(s3, audit.bucket, sources), total=len(sources),
                                      desc="merging", quiet=quiet)
             merged = merge_into(out, bodies, cov.start_ms, cov.end_ms)
         digest = hashlib.sha256()
         with path.open("rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
-        size = path.stat().st_size
-        holes = list(merged.gaps)
-        if merged.first_trade_id is None:
-            holes = [Hole(None, None, None, None)]
-        else:
-            if not merged.bracket_before:
-                holes.insert(0, Hole(None, merged.first_trade_id - 1, None, merged.min_trade_time))
-            if not merged.bracket_after:
-                holes.append(Hole(merged.last_trade_id + 1, None, merged.max_trade_time, None))  # type: ignore[operator]
-        doc = curated_manifest(audit, data_key, merged, holes, size, digest.hexdigest(),
-                               now_ms if now_ms is not None else int(time.time() * 1000), len(sources), damaged)
+        data_key = curated_data_key(audit.symbol, audit.day, digest.hexdigest())
+        doc = curated_manifest(audit, data_key, merged, path.stat().st_size, digest.hexdigest(),
+                               int(time.time() * 1000) if now_ms is None else now_ms, len(sources))
+        previous = _previous_data_key(s3, audit.bucket, manifest_key)
         s3.upload_file(str(path), audit.bucket, data_key,
                        ExtraArgs={"ServerSideEncryption": "AES256", "ContentType": "application/gzip"})
-    # The manifest goes last: it certifies a data object that is already there.
+    # The manifest is the switch: it names a data object that is already complete.
     s3.put_object(Bucket=audit.bucket, Key=manifest_key, Body=orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n",
                   ServerSideEncryption="AES256", ContentType="application/json")
+    if previous is not None and previous != data_key:
+        s3.delete_object(Bucket=audit.bucket, Key=previous)
     return Curated(data_key, manifest_key, doc, time.monotonic() - started)
 
 
-def curated_manifest(audit: Audit, data_key: str, m: Merged, holes: list[Hole], compressed_bytes: int, sha256: str,
-                     created_at_ms: int, objects: int, damaged: list[str]) -> dict[str, Any]:
+def curated_manifest(audit: Audit, data_key: str, m: Merged, compressed_bytes: int, sha256: str,
+                     created_at_ms: int, objects: int) -> dict[str, Any]:
+    holes = m.holes()
     return {
         "schema_version": SCHEMA_VERSION,
-        "kind": "curated-day",
+        "kind": CURATED_KIND,
         "source": {"exchange": EXCHANGE, "stream": STREAM, "symbol": audit.symbol, "date": audit.day.isoformat(),
-                   "instances": sorted(audit.coverage.instances), "objects": objects},
+                   "instances": sorted({e.instance_id for e in audit.entries}), "objects": objects},
         "payload": {
             "bucket": audit.bucket, "key": data_key, "format": "jsonl", "compression": "gzip",
             "record_count": m.records,
             "min_event_time": m.min_event_time, "max_event_time": m.max_event_time,
             "min_trade_time": m.min_trade_time, "max_trade_time": m.max_trade_time,
-            "first_trade_id": m.first_trade_id, "last_trade_id": m.last_trade_id,
+            "first_trade_id": m.first.trade_id if m.first else None,
+            "last_trade_id": m.last.trade_id if m.last else None,
             "uncompressed_bytes": m.uncompressed_bytes, "compressed_bytes": compressed_bytes, "sha256": sha256,
         },
         "complete": not holes,
@@ -226,6 +287,6 @@ def curated_manifest(audit: Audit, data_key: str, m: Merged, holes: list[Hole], 
         "quality": {"duplicates_dropped": m.duplicates_dropped, "disagreements": m.disagreements,
                     "disagreement_sample": m.disagreement_sample,
                     "rejected_manifests": sorted(audit.rejected),
-                    "mismatched_objects": sorted({*audit.mismatches, *damaged})},
+                    "damaged_objects": sorted({*audit.mismatches, *m.damaged})},
         "created_at": iso_millis(created_at_ms),
     }

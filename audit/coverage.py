@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from audit.days import reaches_into
 from audit.entries import Entry
 from audit.ranges import Hole, Span, holes_between, merge, total
 
@@ -40,7 +41,8 @@ class DayCoverage:
 
     @property
     def complete(self) -> bool:
-        return bool(self.union) and not self.holes
+        """Every id of the day is held. A day without a single trade is complete when both sides are held."""
+        return not self.holes
 
     @property
     def duplicates_ratio(self) -> float:
@@ -58,12 +60,6 @@ class DayCoverage:
 
 def _spans_of(entry: Entry, exact: Mapping[str, list[Span]]) -> list[Span]:
     return exact[entry.data_key] if entry.inner_missing else [entry.span]
-
-
-def _in_day(span: Span | Entry, start_ms: int, end_ms: int) -> bool:
-    first_time, last_time = (span.first_time, span.last_time) if isinstance(span, Span) else (
-        span.min_trade_time, span.max_trade_time)
-    return last_time >= start_ms and first_time < end_ms
 
 
 def _hole_in_day(hole: Hole, start_ms: int, end_ms: int) -> bool:
@@ -88,7 +84,7 @@ def day_coverage(entries: Iterable[Entry], exact: Mapping[str, list[Span]], star
     for entry in entries:
         spans = _spans_of(entry, exact)
         everything += spans
-        if _in_day(entry, start_ms, end_ms):
+        if reaches_into(entry.min_trade_time, entry.max_trade_time, start_ms, end_ms):
             in_day += spans
             by_instance.setdefault(entry.instance_id, []).extend(spans)
             records += entry.record_count
@@ -103,13 +99,13 @@ def day_coverage(entries: Iterable[Entry], exact: Mapping[str, list[Span]], star
     # Holes come from everything read, so that the files of the neighbouring days bracket the day's edges;
     # counts come from the files that reach into the day, so that ids and records are counted alike.
     merged = merge(everything)
-    holes = [h for h in holes_between(merged) if _hole_in_day(h, start_ms, end_ms)]
-    union = merge(in_day)
-    if not union:
+    if not merged:
         holes = [Hole(None, None, None, None)]
     else:
+        holes = [h for h in holes_between(merged) if _hole_in_day(h, start_ms, end_ms)]
         if merged[0].first_time >= start_ms:
             holes.insert(0, Hole(None, merged[0].first - 1, None, merged[0].first_time))
         if merged[-1].last_time < end_ms:
             holes.append(Hole(merged[-1].last + 1, None, merged[-1].last_time, None))
+    union = merge(in_day)
     return DayCoverage(start_ms, end_ms, instances, union, holes, records, total(union))

@@ -13,6 +13,11 @@ def day_bounds_ms(day: date) -> tuple[int, int]:
     return int(start.timestamp() * 1000), int((start + timedelta(days=1)).timestamp() * 1000)
 
 
+def reaches_into(first_time: int, last_time: int, start_ms: int, end_ms: int) -> bool:
+    """Whether trades timed `first_time..last_time` include some of the day [start_ms, end_ms)."""
+    return last_time >= start_ms and first_time < end_ms
+
+
 def hours_to_read(day: date) -> list[tuple[date, int]]:
     """The (date, hour) partitions whose files may hold trades of `day`: a file is partitioned by the time
     it was opened, so the last hour of the day before can hold the day's first trades and the first hour

@@ -45,10 +45,6 @@ class Entry:
                    p["compressed_bytes"], p["sha256"], doc["created_at"])
 
     @property
-    def is_backfill(self) -> bool:
-        return self.data_key.startswith(BACKFILL_PREFIX)
-
-    @property
     def inner_missing(self) -> int:
         """Ids inside `first..last` that the file does not hold (a file's ids increase): where it is not 0,
         the manifest alone cannot say which ids the file holds."""

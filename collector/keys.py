@@ -69,7 +69,15 @@ def hour_prefix(prefix: str, symbol: str, day: date, hour: int) -> str:
     return f"{prefix}exchange={EXCHANGE}/stream={STREAM}/symbol={symbol}/date={day:%Y-%m-%d}/hour={hour:02d}/"
 
 
-def curated_keys(symbol: str, day: date) -> tuple[str, str]:
-    """(data key, manifest key) of the curated day of `symbol`."""
-    folder = f"{CURATED_PREFIX}exchange={EXCHANGE}/symbol={symbol}/date={day:%Y-%m-%d}/"
-    return folder + "trades" + DATA_SUFFIX, folder + "manifest.json"
+def curated_manifest_key(symbol: str, day: date) -> str:
+    return _curated_folder(symbol, day) + "manifest.json"
+
+
+def curated_data_key(symbol: str, day: date, sha256: str) -> str:
+    """Named by its content, so that writing the manifest that points to it is the one switch to a new
+    version: a reader never finds a manifest describing other bytes than those it names."""
+    return _curated_folder(symbol, day) + f"trades-{sha256[:16]}" + DATA_SUFFIX
+
+
+def _curated_folder(symbol: str, day: date) -> str:
+    return f"{CURATED_PREFIX}exchange={EXCHANGE}/symbol={symbol}/date={day:%Y-%m-%d}/"

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from audit.bucket import read
 from collector import manifest
 from collector.frames import Trade, parse_message
 from collector.rotator import Rotator, SpoolFile
@@ -72,6 +73,6 @@ def write(s3: Any, bucket: str, market: Market, runs: Iterable[Run], *, rotate_s
 
 def corrupt(s3: Any, bucket: str, key: str) -> None:
     """Flip one byte inside the stored object: same size, different content (only a re-read finds it)."""
-    body = bytearray(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    body = bytearray(read(s3, bucket, key))
     body[len(body) // 2] ^= 0xFF
     s3.put_object(Bucket=bucket, Key=key, Body=bytes(body))

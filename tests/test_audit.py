@@ -21,7 +21,7 @@ from audit import backfill, bucket, check, compact, report
 from audit.binance_rest import HistoricalTrades
 from audit.days import day_bounds_ms
 from audit.ranges import Hole, holes_between
-from collector.keys import curated_keys
+from collector.keys import curated_manifest_key
 from sandbox.binance_rest import HistoryServer
 from sandbox.local_s3 import REGION, LocalS3
 from sandbox.market import Market
@@ -171,11 +171,13 @@ def test_backfill_then_compact_make_the_ground_truth_day(day, s3_server) -> None
     assert doc["payload"]["sha256"] == hashlib.sha256(body).hexdigest()
     assert doc["quality"]["disagreements"] == 1
     assert doc["quality"]["disagreement_sample"][0]["trade_id"] == planted.a + 4000
-    assert planted.corrupted in doc["quality"]["mismatched_objects"]
-    assert (curated.data_key, curated.manifest_key) == curated_keys(SYMBOL, DAY)
+    assert planted.corrupted in doc["quality"]["damaged_objects"]
+    assert curated.manifest_key == curated_manifest_key(SYMBOL, DAY) and doc["payload"]["key"] == curated.data_key
 
     rerun = compact.run(client, again, quiet=True, now_ms=NOW)
     assert rerun.manifest == doc  # same sources, same day, same bytes
+    listed = client.list_objects_v2(Bucket=bucket, Prefix="curated/")["Contents"]
+    assert sorted(o["Key"] for o in listed) == sorted([curated.data_key, curated.manifest_key])
 
 
 def test_an_open_start_is_walked_back_and_then_bracketed_from_the_command_line(s3_server) -> None:
@@ -203,7 +205,7 @@ def test_an_open_start_is_walked_back_and_then_bracketed_from_the_command_line(s
     assert "31 trades fetched" in done.stdout and "COMPLETE" in done.stdout
     compacted = cli("compact")
     assert compacted.returncode == 0, compacted.stdout + compacted.stderr
-    data_key, manifest_key = curated_keys(SYMBOL, DAY)
-    body = client.get_object(Bucket=bucket, Key=data_key)["Body"].read()
+    doc = orjson.loads(client.get_object(Bucket=bucket, Key=curated_manifest_key(SYMBOL, DAY))["Body"].read())
+    body = client.get_object(Bucket=bucket, Key=doc["payload"]["key"])["Body"].read()
     assert igzip.decompress(body).splitlines() == market.day_lines(DAY)
-    assert orjson.loads(client.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())["complete"] is True
+    assert doc["complete"] is True

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from audit import backfill
 from audit.binance_rest import PAGE_LIMIT
-from audit.compact import merge_into
+from audit.compact import OutOfOrder, merge_into
 from audit.coverage import InstanceCoverage, day_coverage
 from audit.days import day_bounds_ms
 from audit.entries import SCHEMA_PATH, Entry, problems
@@ -147,13 +147,23 @@ def test_three_identical_replicas_hold_every_id_three_times():
     assert all(c.ids == 500 for c in cov.instances.values())
 
 
-@pytest.mark.parametrize("entries", [[], [_entry("i-a", 1, 10, START - 1000, START - 1)]],
-                         ids=["nothing listed", "only the day before"])
-def test_a_day_nobody_holds_is_one_unbounded_hole_and_not_complete(entries):
-    cov = day_coverage(entries, {}, START, END)
+def test_a_day_nobody_holds_anything_near_is_one_unbounded_hole_and_not_complete():
+    cov = day_coverage([], {}, START, END)
     assert cov.holes == [Hole(None, None, None, None)]
     assert not cov.complete
     assert (cov.first_id, cov.last_id, cov.duplicates_ratio) == (None, None, 0.0)
+
+
+def test_a_day_with_no_file_inside_keeps_what_the_neighbouring_days_say():
+    before = _entry("i-a", 1, 10, START - 1000, START - 1)
+    after = _entry("i-a", 30, 40, END, END + 1000)
+    # Only the day before: the day is an open end after id 10, which the backfill can walk forward from.
+    assert day_coverage([before], {}, START, END).holes == [Hole(11, None, START - 1, None)]
+    # Both sides held: the hole between them is closed and known.
+    assert day_coverage([before, after], {}, START, END).holes == [Hole(11, 29, START - 1, END)]
+    # A day without a single trade, both sides held: complete.
+    quiet = day_coverage([before, _entry("i-a", 11, 20, END, END + 1000)], {}, START, END)
+    assert quiet.holes == [] and quiet.complete and quiet.union == []
 
 
 def test_uptime_counts_only_the_part_of_each_run_inside_the_day():
@@ -449,12 +459,14 @@ def _line(trade_id, trade_time):
     return _trade(trade_id, trade_time).stream_line(SYMBOL)
 
 
-def _source(rank, key, lines):
-    first = json.loads(lines[0])["t"]
+def _source(rank, key, lines, *, first=None):
+    """(rank, entry, body) as the merge takes them; `first` lets the manifest claim another first id."""
+    body = gzip.compress(b"".join(line + b"\n" for line in lines), mtime=0)
+    first = json.loads(lines[0])["t"] if first is None else first
     last = json.loads(lines[-1])["t"]
     entry = Entry(key.replace(".jsonl.gz", ".manifest.json"), key, key.split("/")[0], len(lines), first, last,
-                  0, 0, 1, 1, "0" * 64, "2026-11-29T00:00:01.000Z")
-    return rank, entry, gzip.compress(b"".join(line + b"\n" for line in lines), mtime=0)
+                  0, 0, 1, len(body), hashlib.sha256(body).hexdigest(), "2026-11-29T00:00:01.000Z")
+    return rank, entry, body
 
 
 def _merge(*sources):
@@ -479,7 +491,7 @@ def test_an_id_several_sources_hold_is_written_once_from_the_first_source_by_ran
     expected = [_other_e(truth[i]) if i in (105, 107) and winner.startswith("i-y") else truth[i]
                 for i in range(100, 115)]
     assert lines == expected
-    assert (merged.records, merged.first_trade_id, merged.last_trade_id) == (15, 100, 114)
+    assert (merged.records, merged.first.trade_id, merged.last.trade_id) == (15, 100, 114)
     assert merged.duplicates_dropped == 5
     # 105 is where the second source opens: its copy is compared there too.
     assert merged.disagreements == 2
@@ -504,16 +516,41 @@ def test_lines_outside_the_day_are_not_written_and_bracket_the_day_when_adjacent
     merged, lines = _merge(_source(2, "i-b/0.jsonl.gz", before), _source(0, "i-a/1.jsonl.gz", day),
                            _source(1, "i-c/2.jsonl.gz", after))
     assert lines == day
-    assert (merged.bracket_before, merged.bracket_after) == (True, True)
+    assert merged.holes() == []
     assert (merged.min_trade_time, merged.max_trade_time) == (START, END - 1)
     assert merged.uncompressed_bytes == sum(len(line) + 1 for line in day)
 
 
-@pytest.mark.parametrize("sources", [
-    [[_line(98, START - 1), _line(100, START), _line(101, END - 1), _line(103, END)]],  # not adjacent
-    [[_line(100, START), _line(101, END - 1)]],  # nothing outside the day
+@pytest.mark.parametrize(("sources", "holes"), [
+    ([[_line(98, START - 1), _line(100, START), _line(101, END - 1), _line(103, END)]],
+     [Hole(99, 99, START - 1, START), Hole(102, 102, END - 1, END)]),  # the neighbours' ids are known
+    ([[_line(100, START), _line(101, END - 1)]],
+     [Hole(None, 99, None, START), Hole(102, None, END - 1, None)]),  # nothing outside the day: open edges
 ], ids=["neighbours missing", "nothing outside"])
-def test_the_day_is_not_bracketed_when_the_neighbouring_id_is_not_held(sources):
+def test_an_edge_of_the_day_is_a_hole_unless_the_neighbouring_id_is_held(sources, holes):
     merged, lines = _merge(*(_source(rank, f"i-{rank}/x.jsonl.gz", s) for rank, s in enumerate(sources)))
     assert [json.loads(line)["t"] for line in lines] == [100, 101]
-    assert (merged.bracket_before, merged.bracket_after) == (False, False)
+    assert merged.holes() == holes
+
+
+def test_a_day_without_trades_is_complete_when_both_sides_are_held():
+    merged, lines = _merge(_source(0, "i-a/x.jsonl.gz", [_line(99, START - 1), _line(100, END)]))
+    assert lines == [] and merged.holes() == []
+    merged, _ = _merge(_source(0, "i-a/x.jsonl.gz", [_line(99, START - 1), _line(105, END)]))
+    assert merged.holes() == [Hole(100, 104, START - 1, END)]
+
+
+def test_an_object_that_is_not_what_its_manifest_says_is_left_out_and_named():
+    truth = [_line(i, START + i) for i in range(100, 110)]
+    rank, entry, body = _source(0, "i-a/x.jsonl.gz", truth)
+    flipped = bytearray(body)
+    flipped[len(flipped) // 2] ^= 0xFF
+    wrong_first = _source(1, "i-b/y.jsonl.gz", truth[3:], first=100)  # the body starts at 103
+    merged, lines = _merge((rank, entry, bytes(flipped)), wrong_first, _source(2, "i-c/z.jsonl.gz", truth))
+    assert lines == truth
+    assert merged.damaged == ["i-a/x.jsonl.gz", "i-b/y.jsonl.gz"]
+
+
+def test_an_object_whose_lines_go_back_stops_the_merge():
+    with pytest.raises(OutOfOrder, match=r"i-a/x\.jsonl\.gz: trade id 101 after 102"):
+        _merge(_source(0, "i-a/x.jsonl.gz", [_line(100, START), _line(102, START + 1), _line(101, START + 2)]))
