@@ -119,8 +119,11 @@ def _run(args: argparse.Namespace, s3: Any) -> int:
             return 0 if audit.complete else 1
         history = binance_rest.HistoricalTrades(args.rest_url, api_key=os.environ.get("BINANCE_API_KEY") or None,
                                                 max_weight_per_minute=args.max_weight)
-        _print_backfill(backfill.run(s3, args.bucket, args.symbol, audit.coverage, history,
-                                     now_ms=int(time.time() * 1000)))
+        result = backfill.run(s3, args.bucket, args.symbol, audit.coverage, history, now_ms=int(time.time() * 1000))
+        _print_backfill(result)
+        if result.error is not None:
+            print(f"audit: backfill stopped: {result.error}", file=sys.stderr)
+            return 2
         audit = check.run(s3, args.bucket, args.symbol, args.date, quiet=args.quiet)
         print(report.table(audit))
         return 0 if audit.complete else 1

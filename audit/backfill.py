@@ -2,9 +2,10 @@
 ordinary data objects + manifests under backfill/, with `source.instance_id = "backfill"`.
 
 A REST trade has no event time; its line gets `E` = `T`. A line is otherwise spelled as the stream spells
-it, so a backfilled trade sits beside the streamed ones byte for byte. Closed holes are fetched by id; an open
-start is walked back until a trade before midnight is found (that trade is stored too: it brackets the day);
-an open end is walked forward, once the day is over, until a trade after midnight is found.
+it, so a backfilled trade sits beside the streamed ones byte for byte. Closed holes are fetched by id; for an
+open start the last trade before midnight is searched for (and stored too: it brackets the day), then
+everything from it is fetched; an open end is fetched forward, once the day is over, up to the first trade
+after midnight. Files are stored as they fill, so a stop part-way (a ban, Ctrl-C) keeps what was fetched.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,12 +21,13 @@ import orjson
 from botocore.exceptions import ClientError
 from isal import igzip
 
-from audit.binance_rest import PAGE_LIMIT, HistoricalTrades
+from audit.binance_rest import PAGE_LIMIT, BackfillError, HistoricalTrades
+from audit.bucket import read
 from audit.coverage import DayCoverage
+from audit.files import cut
 from audit.ranges import Hole
 from collector import manifest
 from collector.config import GZIP_LEVEL, ROTATE_BYTES
-from collector.frames import Trade, parse_message
 from collector.keys import BACKFILL_INSTANCE, BACKFILL_PREFIX, DATA_SUFFIX, MANIFEST_SUFFIX, Part
 from collector.rotator import Rotator, SpoolFile
 
@@ -46,7 +48,7 @@ Page = Callable[[int, int], list[dict[str, Any]]]  # (from_id, limit) → record
 
 
 def closed(page: Page, first: int, last: int) -> Iterator[dict[str, Any]]:
-    """Every trade with id in `first..last`."""
+    """Every trade with id in `first..last`, a page at a time."""
     next_id = first
     while next_id <= last:
         records = page(next_id, min(PAGE_LIMIT, last - next_id + 1))
@@ -56,36 +58,50 @@ def closed(page: Page, first: int, last: int) -> Iterator[dict[str, Any]]:
         next_id = records[-1]["id"] + 1
 
 
-def walk_back(page: Page, last: int, start_ms: int) -> list[dict[str, Any]]:
-    """The trades up to id `last` back to (and including) the last one before `start_ms`."""
-    found: list[dict[str, Any]] = []
-    upper = last
-    while upper >= 0:
-        from_id = max(0, upper - PAGE_LIMIT + 1)
-        records = [r for r in page(from_id, upper - from_id + 1) if r["id"] <= upper]
-        if not records:
+def last_before(page: Page, below: int, start_ms: int) -> int | None:
+    """The id of the last trade before `start_ms`, searching below id `below` (whose trade is at or after
+    it): one-trade probes stepping back exponentially, then a binary search, so that an open start a whole
+    day long costs some 40 calls to locate instead of a walk through every page. None when the history
+    begins after `start_ms`."""
+
+    def first_from(trade_id: int) -> tuple[int, int] | None:
+        """(id, time) of the first trade at or after `trade_id` (the history may begin later)."""
+        records = page(trade_id, 1)
+        return (records[0]["id"], records[0]["time"]) if records else None
+
+    late, step = below, PAGE_LIMIT
+    while True:
+        probe = max(0, late - step)
+        found = first_from(probe)
+        if found is None:
+            return None
+        if found[1] < start_ms:
+            early = found[0]
             break
-        found = records + found
-        if records[0]["time"] < start_ms or from_id == 0:
-            break
-        upper = from_id - 1
-    # Keep one trade before midnight (the bracket), drop the older ones.
-    before = [i for i, r in enumerate(found) if r["time"] < start_ms]
-    return found[before[-1]:] if before else found
+        if found[0] > probe or probe == 0:  # the history's first trade is already at or after start_ms
+            return None
+        late, step = probe, step * 2
+    while late - early > 1:  # trade `early` is before start_ms, trade `late` is not
+        found = first_from((early + late) // 2)
+        if found is not None and found[1] < start_ms and found[0] < late:
+            early = found[0]
+        else:
+            late = (early + late) // 2
+    return early
 
 
-def walk_forward(page: Page, first: int, end_ms: int) -> list[dict[str, Any]]:
-    """The trades from id `first` up to (and including) the first one at or after `end_ms`."""
-    found: list[dict[str, Any]] = []
+def until(page: Page, first: int, end_ms: int) -> Iterator[dict[str, Any]]:
+    """The trades from id `first` up to (and including) the first one at or after `end_ms`, or to the last
+    trade there is."""
     next_id = first
     while True:
         records = page(next_id, PAGE_LIMIT)
         for record in records:
-            found.append(record)
+            yield record
             if record["time"] >= end_ms:
-                return found
+                return
         if len(records) < PAGE_LIMIT:
-            return found
+            return
         next_id = records[-1]["id"] + 1
 
 
@@ -103,30 +119,21 @@ class Backfill:
     calls: int
     weight: int
     seconds: float
+    error: BackfillError | None = None  # what stopped it; the fills say what was stored before
 
     @property
     def fetched(self) -> int:
         return sum(f.fetched for f in self.fills)
 
 
-def files_of(symbol: str, records: list[dict[str, Any]], start_ms: int) -> list[tuple[SpoolFile, bytes]]:
-    """Cut one hole's trades into files with the collector's own rotator (by size only). A file is named by
-    its first trade's time, but never before the day's last millisecond before midnight, so that the audit
-    of the day (which reads the day's partitions and the hour before) finds the one that brackets it."""
+def files_of(symbol: str, records: Iterable[dict[str, Any]], start_ms: int) -> Iterator[tuple[SpoolFile, bytes]]:
+    """Cut one hole's trades into files with the collector's own rotator (by size only), each as soon as it is
+    full. A file is named by its first trade's time, but never before the day's last millisecond before
+    midnight, so that the audit of the day (which reads the day's partitions and the hour before) finds the
+    one that brackets it."""
     rotator = Rotator(symbol=symbol, instance_id=BACKFILL_INSTANCE, rotate_bytes=ROTATE_BYTES,
                       rotate_seconds=_NO_TIME_ROTATION_SECONDS)
-    files: list[tuple[SpoolFile, list[bytes]]] = []
-    for record in records:
-        line = event_line(symbol, record)
-        trade = parse_message(line, True, symbol)
-        if not isinstance(trade, Trade):
-            raise ValueError(f"REST record {record!r} does not make a trade event: {trade}")
-        rotator.place(trade, max(trade.trade_time, start_ms - 1))
-        if not files or files[-1][0] is not rotator.current:
-            assert rotator.current is not None
-            files.append((rotator.current, []))
-        files[-1][1].append(line + b"\n")
-    return [(spool, b"".join(lines)) for spool, lines in files]
+    return cut(rotator, (event_line(symbol, r) for r in records), lambda trade: max(trade.trade_time, start_ms - 1))
 
 
 def _same_object(s3: Any, bucket: str, key: str, body: bytes) -> bool:
@@ -147,12 +154,21 @@ def _put_new(s3: Any, bucket: str, key: str, body: bytes, content_type: str) -> 
     return True
 
 
-def store(s3: Any, bucket: str, symbol: str, records: list[dict[str, Any]], *, start_ms: int, now_ms: int
-          ) -> list[str]:
-    """Upload the files of one hole; returns their data keys. Safe to re-run: the same trades make the same
-    bytes under the same key, found there and left alone; a key taken by other bytes moves on a millisecond."""
-    keys = []
-    for spool, data in files_of(symbol, records, start_ms):
+def store(s3: Any, bucket: str, symbol: str, records: Iterable[dict[str, Any]], fill: HoleFill, *, start_ms: int,
+          now_ms: int) -> None:
+    """Upload the files of one hole as they fill up (a stop part-way keeps what was stored). Safe to re-run:
+    the same trades make the same bytes under the same key, found there and left alone; a key taken by other
+    bytes moves on a millisecond. If fetching fails part-way, what was fetched is stored before the error
+    goes on."""
+    failed: list[BackfillError] = []
+
+    def until_failure() -> Iterator[dict[str, Any]]:
+        try:
+            yield from records
+        except BackfillError as exc:
+            failed.append(exc)
+
+    for spool, data in files_of(symbol, until_failure(), start_ms):
         body = igzip.compress(data, GZIP_LEVEL, mtime=0)
         part = spool.part
         while True:
@@ -160,13 +176,21 @@ def store(s3: Any, bucket: str, symbol: str, records: list[dict[str, Any]], *, s
             if _put_new(s3, bucket, data_key, body, "application/gzip") or _same_object(s3, bucket, data_key, body):
                 break
             part = Part(part.symbol, part.instance_id, part.opened_at_ms + 1)
-        doc = manifest.build(part=part, stats=spool.stats, bucket=bucket, compressed_bytes=len(body),
-                             sha256=hashlib.sha256(body).hexdigest(), created_at_ms=now_ms, prefix=BACKFILL_PREFIX)
-        _put_new(s3, bucket, part.key(BACKFILL_PREFIX, MANIFEST_SUFFIX), manifest.encode(doc), "application/json")
+        sha256 = hashlib.sha256(body).hexdigest()
+        doc = manifest.build(part=part, stats=spool.stats, bucket=bucket, compressed_bytes=len(body), sha256=sha256,
+                             created_at_ms=now_ms, prefix=BACKFILL_PREFIX)
+        manifest_key = part.key(BACKFILL_PREFIX, MANIFEST_SUFFIX)
+        if not _put_new(s3, bucket, manifest_key, manifest.encode(doc), "application/json"):
+            # Left by an earlier run for these same bytes; anything else there is not ours to overwrite.
+            there = orjson.loads(read(s3, bucket, manifest_key))
+            if there.get("payload", {}).get("sha256") != sha256:
+                raise BackfillError(f"s3://{bucket}/{manifest_key} describes other bytes than {data_key}")
         log.info("backfilled s3://%s/%s: ids %d..%d", bucket, data_key, spool.stats.first_trade_id,
                  spool.stats.last_trade_id)
-        keys.append(data_key)
-    return keys
+        fill.keys.append(data_key)
+        fill.fetched += spool.stats.record_count
+    if failed:
+        raise failed[0]
 
 
 def run(s3: Any, bucket: str, symbol: str, coverage: DayCoverage, history: HistoricalTrades, *, now_ms: int
@@ -180,19 +204,23 @@ def run(s3: Any, bucket: str, symbol: str, coverage: DayCoverage, history: Histo
     for hole in coverage.holes:
         fill = HoleFill(hole)
         fills.append(fill)
+        records: Iterable[dict[str, Any]]
         if hole.first is None and hole.last is None:
             fill.skipped = "no replica holds a trade near this day, so there is no trade id to start from"
             continue
         if hole.first is None:
             assert hole.last is not None
-            records = walk_back(page, hole.last, coverage.start_ms)
+            bracket = last_before(page, hole.last + 1, coverage.start_ms)
+            records = closed(page, 0 if bracket is None else bracket, hole.last)
         elif hole.last is None:
             if coverage.end_ms > now_ms:
                 fill.skipped = "the day is not over"
                 continue
-            records = walk_forward(page, hole.first, coverage.end_ms)
+            records = until(page, hole.first, coverage.end_ms)
         else:
-            records = list(closed(page, hole.first, hole.last))
-        fill.fetched = len(records)
-        fill.keys = store(s3, bucket, symbol, records, start_ms=coverage.start_ms, now_ms=now_ms)
+            records = closed(page, hole.first, hole.last)
+        try:
+            store(s3, bucket, symbol, records, fill, start_ms=coverage.start_ms, now_ms=now_ms)
+        except BackfillError as exc:
+            return Backfill(fills, history.calls, history.weight_used, time.monotonic() - started, exc)
     return Backfill(fills, history.calls, history.weight_used, time.monotonic() - started)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from audit.bucket import read
+from audit.files import cut
 from collector import manifest
-from collector.frames import Trade, parse_message
 from collector.rotator import Rotator, SpoolFile
 from sandbox.market import Market
 
@@ -37,21 +37,14 @@ def files_of(market: Market, run: Run, *, rotate_seconds: float, rotate_bytes: i
     """The (file, JSONL bytes) the collector's rotator makes of `run`, clocked by the trade times."""
     rotator = Rotator(symbol=market.symbol, instance_id=run.instance, rotate_bytes=rotate_bytes,
                       rotate_seconds=rotate_seconds)
-    files: list[tuple[SpoolFile, list[bytes]]] = []
-    for trade_id in range(run.first, run.last + 1):
-        if trade_id in run.lost:
-            continue
-        line = market.by_id(trade_id).stream_line(market.symbol)
-        if run.alter is not None:
-            line = run.alter(trade_id, line)
-        trade = parse_message(line, True, market.symbol)
-        assert isinstance(trade, Trade)
-        rotator.place(trade, trade.trade_time)
-        if not files or files[-1][0] is not rotator.current:
-            assert rotator.current is not None
-            files.append((rotator.current, []))
-        files[-1][1].append(line + b"\n")
-    return [(spool, b"".join(lines)) for spool, lines in files]
+
+    def lines() -> Iterator[bytes]:
+        for trade_id in range(run.first, run.last + 1):
+            if trade_id not in run.lost:
+                line = market.by_id(trade_id).stream_line(market.symbol)
+                yield line if run.alter is None else run.alter(trade_id, line)
+
+    return list(cut(rotator, lines(), lambda trade: trade.trade_time))
 
 
 def write(s3: Any, bucket: str, market: Market, runs: Iterable[Run], *, rotate_seconds: float = 600

@@ -18,7 +18,7 @@ import pytest
 from isal import igzip
 
 from audit import backfill, bucket, check, compact, report
-from audit.binance_rest import HistoricalTrades
+from audit.binance_rest import PAGE_LIMIT, Banned, HistoricalTrades
 from audit.days import day_bounds_ms
 from audit.ranges import Hole, holes_between
 from collector.keys import curated_manifest_key
@@ -209,3 +209,30 @@ def test_an_open_start_is_walked_back_and_then_bracketed_from_the_command_line(s
     body = client.get_object(Bucket=bucket, Key=doc["payload"]["key"])["Body"].read()
     assert igzip.decompress(body).splitlines() == market.day_lines(DAY)
     assert doc["complete"] is True
+
+
+def test_a_backfill_stopped_by_a_ban_keeps_what_it_fetched_and_a_rerun_completes_it(s3_server) -> None:
+    bucket = "audit-ban"
+    s3_server.create_bucket(bucket)
+    client = _client(s3_server)
+    market = Market.generate(SYMBOL, start_ms=START - 600_000, end_ms=END + 600_000, spacing_ms=30_000, seed=5)
+    a, z = market.trades[0].id, market.trades[-1].id
+    write(client, bucket, market, [Run("i-a", a, a + 500), Run("i-a", a + 2001, z)])  # ids a+501..a+2000 lost
+    audit = check.run(client, bucket, SYMBOL, DAY, quiet=True)
+    assert [(h.first, h.last) for h in audit.coverage.holes] == [(a + 501, a + 2000)]
+    with HistoryServer({SYMBOL: market}) as rest:
+
+        class BannedAfterOnePage(HistoricalTrades):
+            def page(self, symbol: str, from_id: int, limit: int = PAGE_LIMIT) -> list[dict[str, object]]:
+                records = super().page(symbol, from_id, limit)
+                rest.fail_next(418, retry_after=120)  # Binance bans this IP right after answering
+                return records
+
+        stopped = backfill.run(client, bucket, SYMBOL, audit.coverage, BannedAfterOnePage(rest.url), now_ms=NOW)
+        assert isinstance(stopped.error, Banned)
+        assert stopped.fetched == 1000 and len(stopped.fills[0].keys) == 1  # the first page, stored
+        partly = check.run(client, bucket, SYMBOL, DAY, quiet=True)
+        assert [(h.first, h.last) for h in partly.coverage.holes] == [(a + 1501, a + 2000)]
+        done = backfill.run(client, bucket, SYMBOL, partly.coverage, HistoricalTrades(rest.url), now_ms=NOW)
+    assert done.error is None and done.fetched == 500
+    assert check.run(client, bucket, SYMBOL, DAY, quiet=True).complete

@@ -376,53 +376,50 @@ def test_a_closed_hole_past_the_end_of_history_stops():
     assert all(limit <= PAGE_LIMIT for _, limit in history.calls) and len(history.calls) == 2
 
 
-def test_an_open_start_is_walked_back_to_the_last_trade_before_midnight_and_no_further():
-    market = Market.generate(SYMBOL, start_ms=START - 1_200_000, end_ms=START + 2_500_000, spacing_ms=1000)
+def test_the_last_trade_before_midnight_is_found_in_a_few_one_trade_probes():
+    # A whole day of open start: ~86,000 trades; walking it back page by page would take 87 calls.
+    market = Market.generate(SYMBOL, start_ms=START - 1_200_000, end_ms=END, spacing_ms=1000)
     bracket = max(t.id for t in market.trades if t.time < START)
-    last = market.trades[-1].id
+    below = market.trades[-1].id
     history = _History(market)
-    assert backfill.walk_back(history, last, START) == _records(market, bracket, last)
-    assert all(limit <= PAGE_LIMIT for _, limit in history.calls)
-    # Once a page reached before midnight nothing more was asked for.
-    assert len(history.calls) == math.ceil((last - bracket + 1) / PAGE_LIMIT) >= 3
+    assert backfill.last_before(history, below, START) == bracket
+    assert all(limit == 1 for _, limit in history.calls)
+    assert len(history.calls) <= 2 * math.ceil(math.log2((below - bracket) / PAGE_LIMIT + 1)) + 12
 
 
-def test_walking_back_from_a_trade_before_midnight_keeps_just_that_trade():
-    market = Market.generate(SYMBOL, start_ms=START - 100_000, end_ms=START + 100_000, spacing_ms=1000)
-    last = max(t.id for t in market.trades if t.time < START)
-    history = _History(market)
-    assert backfill.walk_back(history, last, START) == _records(market, last, last)
-    assert len(history.calls) == 1
+@pytest.mark.parametrize("offset", [1, 2, 999, 1000, 1001, 5000])
+def test_the_search_finds_the_bracket_wherever_it_is(offset):
+    market = Market.generate(SYMBOL, start_ms=START - 100_000, end_ms=START + 10_000_000, spacing_ms=1000)
+    bracket = max(t.id for t in market.trades if t.time < START)
+    assert backfill.last_before(_History(market), bracket + offset, START) == bracket
 
 
-def test_walking_back_through_a_history_that_starts_inside_the_day_returns_all_of_it():
+def test_a_history_that_starts_inside_the_day_has_no_bracket():
     market = Market.generate(SYMBOL, start_ms=START + 1000, end_ms=START + 1_500_000, spacing_ms=1000, first_id=0)
-    history = _History(market)
-    assert backfill.walk_back(history, market.trades[-1].id, START) == _records(market, 0, market.trades[-1].id)
-    assert history.calls[-1][0] == 0 and len(history.calls) == math.ceil(len(market.trades) / PAGE_LIMIT)
+    assert backfill.last_before(_History(market), market.trades[-1].id, START) is None
 
 
-def test_an_open_end_is_walked_forward_to_the_first_trade_at_or_after_midnight():
+def test_an_open_end_is_fetched_up_to_the_first_trade_at_or_after_midnight():
     market = Market.generate(SYMBOL, start_ms=END - 2_500_000, end_ms=END + 1_200_000, spacing_ms=1000)
     first = market.trades[0].id
     closing = min(t.id for t in market.trades if t.time >= END)
     history = _History(market)
-    assert backfill.walk_forward(history, first, END) == _records(market, first, closing)
+    assert list(backfill.until(history, first, END)) == _records(market, first, closing)
     assert history.calls[0] == (first, PAGE_LIMIT)
     assert len(history.calls) == math.ceil((closing - first + 1) / PAGE_LIMIT) >= 3
 
 
-def test_walking_forward_stops_at_a_trade_exactly_at_midnight():
+def test_fetching_forward_stops_at_a_trade_exactly_at_midnight():
     trades = [_trade(i, END - 3 + i) for i in range(5)]  # times END-3 .. END+1
     history = _History(Market(SYMBOL, trades))
-    assert backfill.walk_forward(history, 0, END) == [t.rest_record() for t in trades[:4]]
+    assert list(backfill.until(history, 0, END)) == [t.rest_record() for t in trades[:4]]
 
 
-def test_walking_forward_stops_on_a_short_page():
+def test_fetching_forward_stops_on_a_short_page():
     market = Market.generate(SYMBOL, start_ms=END - 2_500_000, end_ms=END - 1000, spacing_ms=1000)
     assert len(market.trades) % PAGE_LIMIT  # so the last page is short, not empty
     history = _History(market)
-    assert backfill.walk_forward(history, market.trades[0].id, END) == _records(
+    assert list(backfill.until(history, market.trades[0].id, END)) == _records(
         market, market.trades[0].id, market.trades[-1].id)
     assert len(history.calls) == math.ceil(len(market.trades) / PAGE_LIMIT)
 
@@ -431,7 +428,7 @@ def test_backfill_files_are_cut_by_size_and_never_named_before_the_day_s_last_mi
     # 40 000 trades of ~150 bytes: about three files' worth, the first two of them wholly before midnight.
     market = Market.generate(SYMBOL, start_ms=START - 3_200_000, end_ms=START + 800_000, spacing_ms=100)
     records = [t.rest_record() for t in market.trades]
-    files = backfill.files_of(SYMBOL, records, START)
+    files = list(backfill.files_of(SYMBOL, records, START))
 
     assert b"".join(body for _, body in files) == b"".join(t.stream_line(SYMBOL) + b"\n" for t in market.trades)
     assert len(files) >= 3
@@ -446,7 +443,7 @@ def test_backfill_files_are_cut_by_size_and_never_named_before_the_day_s_last_mi
 
 def test_backfill_files_are_not_cut_by_time():
     market = Market.generate(SYMBOL, start_ms=START, end_ms=START + 6 * 3_600_000, spacing_ms=600_000)
-    files = backfill.files_of(SYMBOL, [t.rest_record() for t in market.trades], START)
+    files = list(backfill.files_of(SYMBOL, [t.rest_record() for t in market.trades], START))
     assert len(files) == 1
     assert files[0][0].part.opened_at_ms == market.trades[0].time
     assert files[0][0].stats.record_count == len(market.trades)
