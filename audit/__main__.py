@@ -11,12 +11,14 @@ import logging
 import os
 import sys
 import time
+import urllib.parse
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
+from boto3.exceptions import Boto3Error
 from botocore.exceptions import BotoCoreError, ClientError
 
 from audit import backfill, binance_rest, bucket, check, compact, plot, report
@@ -35,6 +37,20 @@ def _symbol(text: str) -> str:
 
 def _day(text: str) -> date:
     return date.fromisoformat(text)
+
+
+def _rest_url(text: str) -> str:
+    if urllib.parse.urlsplit(text).scheme not in ("http", "https") or not urllib.parse.urlsplit(text).netloc:
+        raise ValueError("must be an http:// or https:// URL")
+    return text
+
+
+def _max_weight(text: str) -> int:
+    weight = int(text)
+    if not binance_rest.CALL_WEIGHT <= weight <= binance_rest.IP_WEIGHT_PER_MINUTE:
+        raise ValueError(f"must be {binance_rest.CALL_WEIGHT}..{binance_rest.IP_WEIGHT_PER_MINUTE} "
+                         "(one call's weight up to the IP's limit per minute)")
+    return weight
 
 
 def _as_argparse(fn: object) -> object:
@@ -74,10 +90,11 @@ def _parser() -> argparse.ArgumentParser:
                        description="Audits the day, fetches every hole from GET /api/v3/historicalTrades (weight 25 "
                        "a call, kept under the IP's budget) and stores it under backfill/ as ordinary data "
                        "objects and manifests (source.instance_id = backfill), then audits again.")
-    b.add_argument("--rest-url", default=binance_rest.DEFAULT_URL,
+    b.add_argument("--rest-url", default=binance_rest.DEFAULT_URL, type=_as_argparse(_rest_url),
                    help="Binance REST base URL (default: %(default)s)")
-    b.add_argument("--max-weight", type=int, default=4800,
-                   help="request weight to use per minute, of Binance's 6000 per IP (default: %(default)s)")
+    b.add_argument("--max-weight", type=_as_argparse(_max_weight), default=binance_rest.DEFAULT_MAX_WEIGHT,
+                   help=f"request weight to use per minute, of Binance's {binance_rest.IP_WEIGHT_PER_MINUTE} per IP "
+                   "(default: %(default)s)")
     b.add_argument("--dry-run", action="store_true", help="say what would be fetched, fetch nothing")
 
     sub.add_parser("compact", parents=[common], help="write one deduplicated, id-ordered day to curated/",
@@ -102,12 +119,16 @@ def _run(args: argparse.Namespace, s3: Any) -> int:
     audit = check.run(s3, args.bucket, args.symbol, args.date, verify=getattr(args, "verify", False),
                       quiet=args.quiet)
     if args.command == "check":
-        if args.plot:
-            plot.save(audit, args.plot)
         if args.json:
             sys.stdout.buffer.write(orjson.dumps(report.as_json(audit), option=orjson.OPT_INDENT_2) + b"\n")
         else:
             print(report.table(audit))
+        if args.plot:
+            try:
+                plot.save(audit, args.plot)
+            except OSError as exc:
+                print(f"audit: cannot write the plot: {exc}", file=sys.stderr)
+                return 2
         return 0 if audit.complete and not audit.mismatches else 1
     if args.command == "backfill":
         if args.dry_run or not audit.coverage.holes:
@@ -150,12 +171,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return _run(args, bucket.client())
-    except (BotoCoreError, ClientError) as exc:
+    except (BotoCoreError, ClientError, Boto3Error) as exc:
         print(f"audit: cannot use s3://{args.bucket}: {exc}", file=sys.stderr)
         return 2
-    except binance_rest.BackfillError as exc:
-        print(f"audit: backfill stopped: {exc}", file=sys.stderr)
+    except compact.OutOfOrder as exc:
+        print(f"audit: cannot compact: a data object is not in trade-id order: {exc}", file=sys.stderr)
         return 2
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -29,6 +29,9 @@ log = logging.getLogger("audit.binance_rest")
 DEFAULT_URL = "https://api.binance.com"
 PAGE_LIMIT = 1000
 CALL_WEIGHT = 25  # historicalTrades' request weight, whatever the limit
+IP_WEIGHT_PER_MINUTE = 6000  # Binance's REQUEST_WEIGHT limit per IP
+# 80% of it: other tools on the same IP keep room, and a miscount never reaches a 429 (and a 418 after it).
+DEFAULT_MAX_WEIGHT = 4800
 WINDOW_SECONDS = 60.0  # Binance counts REQUEST_WEIGHT per IP per minute
 RETRY_AFTER_DEFAULT_SECONDS = 60.0
 # Binance's side failing (5xx, network): 0.5 s, then doubling with jitter up to 30 s.
@@ -140,7 +143,7 @@ class HistoricalTrades:
         base_url: str,
         *,
         api_key: str | None = None,
-        max_weight_per_minute: int = 4800,
+        max_weight_per_minute: int = DEFAULT_MAX_WEIGHT,
         timeout: float = 10.0,
         attempts: int = 5,
         sleep: Callable[[float], None] = time.sleep,

@@ -58,8 +58,9 @@ def table(audit: Audit) -> str:
     verdict = "COMPLETE" if audit.complete else "INCOMPLETE: " + ", ".join(_shortfall(cov.holes))
     out = [f"{audit.symbol} {audit.day} in s3://{audit.bucket}: {verdict}"]
     if cov.union:
-        out.append(f"ids {cov.first_id}..{cov.last_id}: {cov.unique_ids} held, {cov.records} records in "
-                   f"{len(audit.entries)} objects, {cov.duplicates_ratio:.2f} records per id")
+        files = sum(inst.files for inst in cov.instances.values())
+        out.append(f"ids {cov.first_id}..{cov.last_id} in the {files} files that reach into the day: "
+                   f"{cov.unique_ids} held, {cov.records} records, {cov.duplicates_ratio:.2f} records per id")
     out.append("")
     out.append(f"{'instance':<24} {'files':>7} {'records':>11} {'ids held':>11} {'share':>7} "
                f"{'uptime':>9} {'own gaps':>8}")

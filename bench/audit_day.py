@@ -1,5 +1,6 @@
-"""`make bench-audit`: the audit of one full day (3 replicas x 17,280 five-second files = 51,840 manifests)
-against an S3 stand-in that answers from memory after a fixed per-request latency.
+"""`make bench-audit`: the audit of one full day (3 replicas x 17,280 five-second files, plus the hour on
+either side that the audit also reads: 56,160 manifests) against an S3 stand-in that answers from memory
+after a fixed per-request latency.
 
 moto answers ~350 requests/s on this machine, so it would measure moto, not the audit; this stand-in adds a
 latency per request (sleeping, so the GIL is free, as it is while boto3 waits on a socket) and so measures
@@ -66,7 +67,7 @@ class LatencyS3:
             self._request()
             page = []
             while i < len(self.keys) and self.keys[i].startswith(Prefix) and len(page) < LIST_PAGE:
-                # Only manifests are stored; a data object's listed size is what its manifest says.
+                # A data object's stand-in has the size its manifest says, so the listing matches.
                 key = self.keys[i]
                 page.append({"Key": key, "Size": len(self.objects[key])})
                 i += 1

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from collector.frames import MAX_MESSAGE_BYTES
+from collector.keys import BACKFILL_INSTANCE
 
 BINANCE_WS_URL = "wss://stream.binance.com:9443"
 ROTATE_BYTES = 2_097_152
@@ -113,6 +114,8 @@ def _ws_url(text: str) -> str:
 def _instance_id(text: str) -> str:
     if not _INSTANCE_RE.match(text):
         raise ValueError("must be 1-64 letters, digits, '.', '_' or '-' (it becomes part of S3 keys)")
+    if text == BACKFILL_INSTANCE:
+        raise ValueError(f"{BACKFILL_INSTANCE!r} is reserved for the trades the audit tool backfills")
     return text
 
 

@@ -143,9 +143,15 @@ def test_cli_check_json_plot_and_exit_status(day, s3_server, tmp_path: Path) -> 
     assert doc["holes"][0]["first"] == planted.a + 5551
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
-    bad = subprocess.run([sys.executable, "-m", "audit", "--bucket", bucket, "--date", "2026-13-01"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
-    assert bad.returncode == 2 and "--date" in bad.stderr and "Traceback" not in bad.stderr
+    for args, says in ((["--bucket", bucket, "--date", "2026-13-01"], "--date"),
+                       (["--bucket", "no-such-bucket", "--date", DAY.isoformat()], "NoSuchBucket"),
+                       (["backfill", "--bucket", bucket, "--rest-url", "ftp://x"], "--rest-url"),
+                       (["backfill", "--bucket", bucket, "--max-weight", "7000"], "--max-weight"),
+                       (["--bucket", bucket, "--date", DAY.isoformat(), "--plot", str(tmp_path / "no" / "x.png")],
+                        "cannot write the plot")):
+        bad = subprocess.run([sys.executable, "-m", "audit", *args], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=60, check=False)
+        assert bad.returncode == 2 and says in bad.stderr and "Traceback" not in bad.stderr, (args, bad.stderr)
 
 
 def test_backfill_then_compact_make_the_ground_truth_day(day, s3_server) -> None:

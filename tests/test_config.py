@@ -36,6 +36,7 @@ def test_environment_then_flags_win():
     (["--bucket", "ok-bucket", "--rotate-seconds", "nan"], "positive number"),
     (["--bucket", "ok-bucket", "--ws-url", "http://x"], "ws:// or wss://"),
     (["--bucket", "ok-bucket", "--instance-id", "a/b"], "becomes part of S3 keys"),
+    (["--bucket", "ok-bucket", "--instance-id", "backfill"], "reserved for the trades the audit tool backfills"),
     (["--bucket", "ok-bucket", "--gzip-level", "4"], "between 0 and 3"),
     (["--bucket", "ok-bucket", "--log-level", "LOUD"], "must be one of"),
 ])
