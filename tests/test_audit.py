@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+import jsonschema
 import orjson
 import pytest
 from isal import igzip
@@ -169,6 +170,7 @@ def test_backfill_then_compact_make_the_ground_truth_day(day, s3_server) -> None
 
     curated = compact.run(client, again, quiet=True, now_ms=NOW)
     doc = curated.manifest
+    jsonschema.validate(doc, json.loads((ROOT / "audit" / "curated.schema.json").read_text()))
     body = client.get_object(Bucket=bucket, Key=curated.data_key)["Body"].read()
     lines = igzip.decompress(body).splitlines()
     assert lines == planted.market.day_lines(DAY)  # byte for byte, every id once, in order
