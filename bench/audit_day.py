@@ -5,12 +5,15 @@ after a fixed per-request latency.
 moto answers ~350 requests/s on this machine, so it would measure moto, not the audit; this stand-in adds a
 latency per request (sleeping, so the GIL is free, as it is while boto3 waits on a socket) and so measures
 what the audit controls: requests in flight, and its own CPU per manifest (JSON parse, schema check,
-coverage). Prints the times for a few latencies and writes bench/audit_results.json.
+coverage). Then the curated day is compacted from the three replicas (every data object read, 4.7 million
+trades a replica), with its time and the memory it adds at its peak. Prints the numbers and writes
+bench/audit_results.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import resource
@@ -21,7 +24,10 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from audit import check
+from botocore.exceptions import ClientError
+from isal import igzip
+
+from audit import check, compact
 from audit.days import day_bounds_ms
 from audit.report import table
 from collector import manifest
@@ -53,7 +59,21 @@ class LatencyS3:
 
     def get_object(self, *, Bucket: str, Key: str) -> dict[str, Any]:
         self._request()
+        if Key not in self.objects:
+            raise ClientError({"Error": {"Code": "NoSuchKey"}}, "GetObject")
         return {"Body": io.BytesIO(self.objects[Key])}
+
+    def upload_file(self, filename: str, Bucket: str, Key: str, ExtraArgs: dict[str, str]) -> None:
+        self._request()
+        self.objects[Key] = Path(filename).read_bytes()
+
+    def put_object(self, *, Bucket: str, Key: str, Body: bytes, **_: str) -> None:
+        self._request()
+        self.objects[Key] = Body
+
+    def delete_object(self, *, Bucket: str, Key: str) -> None:
+        self._request()
+        del self.objects[Key]
 
     def get_paginator(self, name: str) -> LatencyS3:
         assert name == "list_objects_v2"
@@ -76,26 +96,58 @@ class LatencyS3:
                 return
 
 
+def _body(first_id: int, opened: int) -> bytes:
+    """One file's trades, spelled as Binance spells them, gzip as the collector writes them."""
+    lines = b"".join(
+        b'{"e":"trade","E":%d,"s":"BTCUSDT","t":%d,"p":"43123.45000000","q":"0.00123000","T":%d,"m":true,"M":true}\n'
+        % (opened + 20 * i + 1, first_id + i, opened + 20 * i) for i in range(TRADES_PER_FILE))
+    return igzip.compress(lines, 1, mtime=0)
+
+
 def full_day() -> dict[str, bytes]:
-    """Every manifest of the day, and a same-sized stand-in for each data object (never read unless a
-    manifest shows ids missing inside its file, which none here does)."""
+    """Every manifest and data object of the day: three replicas holding the same trades."""
     start, end = day_bounds_ms(DAY)
     objects: dict[str, bytes] = {}
     first_id = 5_400_000_001
     for offset, opened in enumerate(range(start - 3_600_000, end + 3_600_000, FILE_MS)):
-        stats = FileStats(record_count=TRADES_PER_FILE, uncompressed_bytes=TRADES_PER_FILE * 135,
-                          min_event_time=opened + 1, max_event_time=opened + FILE_MS - 1,
-                          min_trade_time=opened, max_trade_time=opened + FILE_MS - 2,
-                          first_trade_id=first_id + offset * TRADES_PER_FILE,
-                          last_trade_id=first_id + (offset + 1) * TRADES_PER_FILE - 1)
+        file_first = first_id + offset * TRADES_PER_FILE
+        body = _body(file_first, opened)
+        stats = FileStats(record_count=TRADES_PER_FILE, uncompressed_bytes=len(igzip.decompress(body)),
+                          min_event_time=opened + 1, max_event_time=opened + 20 * (TRADES_PER_FILE - 1) + 1,
+                          min_trade_time=opened, max_trade_time=opened + 20 * (TRADES_PER_FILE - 1),
+                          first_trade_id=file_first, last_trade_id=file_first + TRADES_PER_FILE - 1)
         for instance in INSTANCES:
             part = Part("BTCUSDT", instance, opened + 3)
-            compressed = 4_800 + offset % 97
-            doc = manifest.build(part=part, stats=stats, bucket="bench-bucket", compressed_bytes=compressed,
-                                 sha256="0" * 64, created_at_ms=opened + FILE_MS + 900)
+            doc = manifest.build(part=part, stats=stats, bucket="bench-bucket", compressed_bytes=len(body),
+                                 sha256=hashlib.sha256(body).hexdigest(), created_at_ms=opened + FILE_MS + 900)
             objects[part.manifest_key] = manifest.encode(doc)
-            objects[part.data_key] = bytes(compressed)
+            objects[part.data_key] = body
     return objects
+
+
+def _rss_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def measure_compact(objects: dict[str, bytes], latency: float) -> dict[str, Any]:
+    """The curated day from the three replicas: time, CPU, and how much memory it adds at its peak."""
+    s3 = LatencyS3(objects, latency)
+    audit = check.run(s3, "bench-bucket", "BTCUSDT", DAY, quiet=True)
+    baseline = _rss_mib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux 4.0+)
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.monotonic()
+    curated = compact.run(s3, audit, quiet=True)
+    wall = time.monotonic() - started
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    assert curated.manifest["complete"], curated.manifest["holes"]
+    return {"latency_ms": latency * 1000, "objects": curated.manifest["source"]["objects"],
+            "records": curated.manifest["payload"]["record_count"], "wall_s": round(wall, 2),
+            "cpu_s": round(cpu1.ru_utime - cpu0.ru_utime + cpu1.ru_stime - cpu0.ru_stime, 2),
+            "peak_extra_mib": round(_rss_mib("VmHWM") - baseline, 1)}
 
 
 def measure(objects: dict[str, bytes], latency: float) -> dict[str, Any]:
@@ -116,6 +168,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.audit_day", description=__doc__.splitlines()[0])
     parser.add_argument("--latency-ms", type=float, nargs="+", default=[0.0, 10.0, 30.0],
                         help="per-request latencies to measure (default: %(default)s)")
+    parser.add_argument("--compact-latency-ms", type=float, default=10.0,
+                        help="per-request latency for the compaction (default: %(default)s)")
     args = parser.parse_args()
     t = time.monotonic()
     objects = full_day()
@@ -128,7 +182,11 @@ def main() -> None:
               f"{r['cpu_us_per_manifest']:>16.0f}")
     worst = max(r["wall_s"] for r in rows)
     print(f"\ntarget: a full day in under 60 s: {'PASS' if worst < 60 else 'MISS'} (slowest: {worst:.1f} s)")
-    RESULTS.write_text(json.dumps({"day": DAY.isoformat(), "rows": rows}, indent=2) + "\n")
+    merged = measure_compact(objects, args.compact_latency_ms / 1000)
+    print(f"\ncompact at {merged['latency_ms']:.0f} ms/request: {merged['objects']} objects, {merged['records']} "
+          f"trades in {merged['wall_s']:.1f} s ({merged['cpu_s']:.1f} s CPU), memory at its peak "
+          f"+{merged['peak_extra_mib']:.0f} MiB")
+    RESULTS.write_text(json.dumps({"day": DAY.isoformat(), "rows": rows, "compact": merged}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
