@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from audit import backfill
 from audit.binance_rest import PAGE_LIMIT
-from audit.compact import OutOfOrder, merge_into
+from audit.compact import OutOfOrder, choose_sources, merge_into
 from audit.coverage import InstanceCoverage, day_coverage
 from audit.days import day_bounds_ms
 from audit.entries import SCHEMA_PATH, Entry, problems
@@ -551,3 +551,15 @@ def test_an_object_that_is_not_what_its_manifest_says_is_left_out_and_named():
 def test_an_object_whose_lines_go_back_stops_the_merge():
     with pytest.raises(OutOfOrder, match=r"i-a/x\.jsonl\.gz: trade id 101 after 102"):
         _merge(_source(0, "i-a/x.jsonl.gz", [_line(100, START), _line(102, START + 1), _line(101, START + 2)]))
+
+
+def test_compact_reads_every_instance_s_nearest_object_on_each_side_of_the_day():
+    inside = [_entry("i-a", 100, 200, START, END - 1), _entry("i-b", 100, 200, START, END - 1)]
+    before = [_entry("i-a", 1, 49, START - 9000, START - 5000), _entry("i-a", 50, 99, START - 4000, START - 1),
+              _entry("i-b", 60, 98, START - 3000, START - 2)]
+    after = [_entry("i-a", 201, 250, END, END + 4000), _entry("i-a", 251, 300, END + 5000, END + 9000),
+             _entry("i-b", 202, 260, END + 1, END + 3000)]
+    chosen = choose_sources([*before, *inside, *after], START, END)
+    # One damaged neighbour must not hide the other side of midnight: each instance's nearest is read.
+    assert sorted((e.instance_id, e.first_trade_id) for e in chosen) == [
+        ("i-a", 50), ("i-a", 100), ("i-a", 201), ("i-b", 60), ("i-b", 100), ("i-b", 202)]
