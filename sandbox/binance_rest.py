@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
+from sandbox.loopback import ServedInThread
 from sandbox.market import Market
 
 PATH = "/api/v3/historicalTrades"
@@ -44,7 +45,7 @@ def _error(status: int, code: int, msg: str, headers: dict[str, str]) -> Answer:
     return status, headers, orjson.dumps({"code": code, "msg": msg})
 
 
-class HistoryServer:
+class HistoryServer(ServedInThread):
     """`with HistoryServer({"BTCUSDT": market}) as server:` serves `server.url` until the block ends."""
 
     def __init__(self, markets: dict[str, Market], *, weight_limit: int = 6000) -> None:
@@ -57,23 +58,7 @@ class HistoryServer:
         self._failures: deque[tuple[int, int | None]] = deque()
         self._window_start = time.monotonic()
         self._weight = 0
-        self._server = _Server(self)
-        # serve_forever looks for shutdown between polls; its default 0.5 s would be most of a fast test's time.
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
-                                        name="binance-rest", daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self) -> HistoryServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
+        super().__init__(_Server(self), "binance-rest")
 
     def fail_next(self, status: int, count: int = 1, retry_after: int | None = None) -> None:
         """The next `count` calls answer `status` with a Binance-style error body (and `Retry-After` if given)."""
@@ -136,7 +121,6 @@ class HistoryServer:
 
 
 class _Server(ThreadingHTTPServer):
-    daemon_threads = True
 
     def __init__(self, history: HistoryServer) -> None:
         self.history = history

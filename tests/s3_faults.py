@@ -12,11 +12,13 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
+from sandbox.loopback import ServedInThread
+
 SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
              b"<Message>Please reduce your request rate.</Message></Error>")
 
 
-class S3Faults:
+class S3Faults(ServedInThread):
     def __init__(self, upstream: str) -> None:
         self.upstream = urlsplit(upstream)
         self.reject_puts = 0  # this many PUTs answered 503 without forwarding (-1: all)
@@ -62,9 +64,7 @@ class S3Faults:
 
             do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__(ThreadingHTTPServer(("127.0.0.1", 0), Handler), "s3-faults")
 
     def _verdict(self, method: str) -> str:
         if method != "PUT":
@@ -79,15 +79,3 @@ class S3Faults:
                 return "lose"
         return "pass"
 
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __enter__(self) -> S3Faults:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(10)

@@ -44,7 +44,7 @@ def test_uploads_are_retried_after_s3_errors_and_ambiguous_failures(feed, s3, st
     with S3Faults(s3.endpoint) as faults:
         faults.reject_puts = 2  # two 503 SlowDown answers
         faults.lose_put_replies = 1  # then one PUT that is written but answered 500
-        collector = start_collector(ws_url=feed.feed.url, endpoint=faults.endpoint)
+        collector = start_collector(ws_url=feed.feed.url, endpoint=faults.url)
         collector.wait_for_log("uploaded s3://", count=4)
         time.sleep(1)
         assert collector.terminate() == 0

@@ -70,7 +70,7 @@ def test_disk_budget_stops_receiving_keeps_data_and_resumes(feed, s3, start_coll
     feed.feed.rate = 2000
     with S3Faults(s3.endpoint) as faults:
         faults.reject_puts = -1  # S3 refuses everything
-        collector = start_collector(ws_url=feed.feed.url, endpoint=faults.endpoint, spool_max_bytes=150_000,
+        collector = start_collector(ws_url=feed.feed.url, endpoint=faults.url, spool_max_bytes=150_000,
                                     upload_attempts=1)
         collector.wait_for_log("stopped receiving until S3 catches up", timeout=30)
         wait_until(lambda: feed.feed.connection_count() == 0, 10, "the connection to close")
