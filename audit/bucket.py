@@ -56,6 +56,3 @@ def list_objects(s3: Any, bucket: str, prefixes: list[str], *, quiet: bool) -> d
 def read(s3: Any, bucket: str, key: str) -> bytes:
     return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
 
-
-def get_bodies(s3: Any, bucket: str, keys: list[str], *, desc: str, quiet: bool) -> list[bytes]:
-    return concurrently(lambda key: read(s3, bucket, key), keys, desc=desc, quiet=quiet)

@@ -43,28 +43,31 @@ def partition_prefixes(symbol: str, day: date) -> list[str]:
             for d, h in hours_to_read(day) for prefix in (MANIFEST_PREFIX, DATA_PREFIX, BACKFILL_PREFIX)]
 
 
+def _believe(key: str, body: bytes, symbol: str, sizes: dict[str, int]) -> Entry | list[str]:
+    """The manifest at `key` as an Entry, or why it is not believed."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return [f"not JSON ({exc})"]
+    found = problems(key, doc, symbol=symbol)
+    if found:
+        return found
+    entry = Entry.from_doc(key, doc)
+    size = sizes.get(entry.data_key)
+    if size is None:
+        return [f"data object {entry.data_key} missing"]
+    if size != entry.compressed_bytes:
+        return [f"data object is {size} bytes, manifest says {entry.compressed_bytes}"]
+    return entry
+
+
 def _read_manifests(s3: Any, name: str, keys: list[str], symbol: str, sizes: dict[str, int], quiet: bool
                     ) -> tuple[list[Entry], dict[str, list[str]]]:
-    entries: list[Entry] = []
-    rejected: dict[str, list[str]] = {}
-    for key, body in zip(keys, bucket.get_bodies(s3, name, keys, desc="manifests", quiet=quiet), strict=True):
-        try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            rejected[key] = [f"not JSON ({exc})"]
-            continue
-        found = problems(key, doc, symbol=symbol)
-        if not found:
-            entry = Entry.from_doc(key, doc)
-            size = sizes.get(entry.data_key)
-            if size is None:
-                found.append(f"data object {entry.data_key} missing")
-            elif size != entry.compressed_bytes:
-                found.append(f"data object is {size} bytes, manifest says {entry.compressed_bytes}")
-            else:
-                entries.append(entry)
-        if found:
-            rejected[key] = found
+    # Each worker parses and checks what it read, so that the checking overlaps the other requests' waits.
+    results = bucket.concurrently(lambda key: _believe(key, bucket.read(s3, name, key), symbol, sizes), keys,
+                                  desc="manifests", quiet=quiet)
+    entries = [r for r in results if isinstance(r, Entry)]
+    rejected = {key: r for key, r in zip(keys, results, strict=True) if not isinstance(r, Entry)}
     return entries, rejected
 
 
