@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from audit.bucket import read
+from audit.entries import Entry
+from audit.objects import check_object
 from collector.keys import DATA_PREFIX, MANIFEST_PREFIX
 
 
@@ -48,7 +49,7 @@ def check_bucket(client: Any, bucket: str) -> Landing:
     landing = Landing()
     data_keys = set(_keys(client, bucket, DATA_PREFIX))
     for manifest_key in _keys(client, bucket, MANIFEST_PREFIX):
-        doc = orjson.loads(client.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
+        doc = orjson.loads(read(client, bucket, manifest_key))
         landing.manifests.append(doc)
         payload = doc["payload"]
         key = payload["key"]
@@ -60,27 +61,15 @@ def check_bucket(client: Any, bucket: str) -> Landing:
         head = client.head_object(Bucket=bucket, Key=key)
         if head.get("ServerSideEncryption") != "AES256":
             problems.append("not encrypted with AES256")
-        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-        if hashlib.sha256(body).hexdigest() != payload["sha256"]:
-            problems.append("sha256 differs from the manifest")
-        if len(body) != payload["compressed_bytes"]:
-            problems.append("compressed size differs from the manifest")
-        raw = gzip.decompress(body)
-        lines = raw.split(b"\n")
-        if lines[-1] != b"":
-            problems.append("last line not newline-terminated")
-        lines = lines[:-1]
-        ids = [orjson.loads(line)["t"] for line in lines]
-        if len(lines) != payload["record_count"]:
-            problems.append(f"{len(lines)} lines, manifest says {payload['record_count']}")
-        if len(raw) != payload["uncompressed_bytes"]:
-            problems.append("uncompressed size differs from the manifest")
-        if ids and (ids[0] != payload["first_trade_id"] or ids[-1] != payload["last_trade_id"]):
-            problems.append("first/last trade id differ from the manifest")
+        body = read(client, bucket, key)
+        checked = check_object(Entry.from_doc(manifest_key, doc), body)
+        problems += checked.problems
+        lines = checked.lines
         symbol = doc["source"]["symbol"]
         landing.lines.setdefault(symbol, []).extend(lines)
-        landing.objects.append(ObjectReport(key, symbol, len(lines), len(raw), len(body),
-                                            payload["first_trade_id"], payload["last_trade_id"], problems))
+        landing.objects.append(ObjectReport(key, symbol, len(lines), sum(len(line) + 1 for line in lines),
+                                            len(body), payload["first_trade_id"],
+                                            payload["last_trade_id"], problems))
         landing.problems += [f"{key}: {p}" for p in problems]
     landing.problems += [f"{key}: data object without a manifest" for key in sorted(data_keys)]
     return landing
