@@ -11,7 +11,6 @@ import logging
 import os
 import sys
 import time
-import urllib.parse
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -37,12 +36,6 @@ def _symbol(text: str) -> str:
 
 def _day(text: str) -> date:
     return date.fromisoformat(text)
-
-
-def _rest_url(text: str) -> str:
-    if urllib.parse.urlsplit(text).scheme not in ("http", "https") or not urllib.parse.urlsplit(text).netloc:
-        raise ValueError("must be an http:// or https:// URL")
-    return text
 
 
 def _max_weight(text: str) -> int:
@@ -90,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
                        description="Audits the day, fetches every hole from GET /api/v3/historicalTrades (weight 25 "
                        "a call, kept under the IP's budget) and stores it under backfill/ as ordinary data "
                        "objects and manifests (source.instance_id = backfill), then audits again.")
-    b.add_argument("--rest-url", default=binance_rest.DEFAULT_URL, type=_as_argparse(_rest_url),
+    b.add_argument("--rest-url", default=binance_rest.DEFAULT_URL, type=_as_argparse(binance_rest.rest_url),
                    help="Binance REST base URL (default: %(default)s)")
     b.add_argument("--max-weight", type=_as_argparse(_max_weight), default=binance_rest.DEFAULT_MAX_WEIGHT,
                    help=f"request weight to use per minute, of Binance's {binance_rest.IP_WEIGHT_PER_MINUTE} per IP "

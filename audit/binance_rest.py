@@ -135,6 +135,14 @@ def check_page(body: bytes, symbol: str, from_id: int, limit: int) -> list[dict[
     return records
 
 
+def rest_url(text: str) -> str:
+    """`text` if it is an http(s) URL with a host; urllib would also open file:// and others."""
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"not an http(s) URL: {text!r}")
+    return text
+
+
 class HistoricalTrades:
     """Pages of Binance's trade history, kept under a weight budget, with Binance's rules for retries."""
 
@@ -150,9 +158,7 @@ class HistoricalTrades:
         monotonic: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
-        if urllib.parse.urlsplit(base_url).scheme not in ("http", "https"):
-            raise ValueError(f"not an http(s) URL: {base_url!r}")
-        self.base_url = base_url.rstrip("/")
+        self.base_url = rest_url(base_url).rstrip("/")
         self.timeout = timeout
         self.attempts = attempts
         self.calls = 0
