@@ -29,10 +29,10 @@ from isal import igzip
 from audit import bucket
 from audit.check import Audit
 from audit.days import reaches_into
-from audit.entries import Entry
+from audit.entries import Entry, instance_order
 from audit.ranges import Hole
 from collector.config import GZIP_LEVEL
-from collector.keys import BACKFILL_INSTANCE, EXCHANGE, STREAM, curated_data_key, curated_manifest_key
+from collector.keys import EXCHANGE, STREAM, curated_data_key, curated_manifest_key
 from collector.manifest import SCHEMA_VERSION, iso_millis
 from collector.spool import open_gzip
 
@@ -47,9 +47,9 @@ class OutOfOrder(Exception):
     """A data object whose lines go back in trade id although its sha256 is its manifest's."""
 
 
-def source_order(entry: Entry) -> tuple[bool, str, str]:
+def source_order(entry: Entry) -> tuple[tuple[bool, str], str]:
     """Which source wins for an id several hold: replicas before the backfill, then by instance, then key."""
-    return (entry.instance_id == BACKFILL_INSTANCE, entry.instance_id, entry.data_key)
+    return instance_order(entry.instance_id), entry.data_key
 
 
 def choose_sources(entries: Iterable[Entry], start_ms: int, end_ms: int) -> list[Entry]:

@@ -63,8 +63,9 @@ def _spans_of(entry: Entry, exact: Mapping[str, list[Span]]) -> list[Span]:
 
 
 def _hole_in_day(hole: Hole, start_ms: int, end_ms: int) -> bool:
-    return (hole.after_time is None or hole.after_time < end_ms) and (
-        hole.before_time is None or hole.before_time >= start_ms)
+    # The missing trades' times lie between those around the hole; an unknown side is unbounded.
+    return reaches_into(start_ms - 1 if hole.after_time is None else hole.after_time,
+                        end_ms if hole.before_time is None else hole.before_time, start_ms, end_ms)
 
 
 def _uptime(spans: Iterable[Span], start_ms: int, end_ms: int) -> int:

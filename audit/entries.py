@@ -13,7 +13,14 @@ from typing import Any
 import jsonschema
 
 from audit.ranges import Span
-from collector.keys import BACKFILL_PREFIX, DATA_PREFIX, DATA_SUFFIX, MANIFEST_PREFIX, MANIFEST_SUFFIX
+from collector.keys import (
+    BACKFILL_INSTANCE,
+    BACKFILL_PREFIX,
+    DATA_PREFIX,
+    DATA_SUFFIX,
+    MANIFEST_PREFIX,
+    MANIFEST_SUFFIX,
+)
 
 _NAME_RE = re.compile(r"^part-(?P<instance>.+)-\d{8}T\d{9}Z" + re.escape(MANIFEST_SUFFIX) + "$")
 # A copy of `shared/manifest.schema.json`, the data contract; a test keeps the two equal.
@@ -54,6 +61,11 @@ class Entry:
     def span(self) -> Span:
         """What the file holds when `inner_missing` is 0 (ids increase with trade time)."""
         return Span(self.first_trade_id, self.last_trade_id, self.min_trade_time, self.max_trade_time)
+
+
+def instance_order(instance_id: str) -> tuple[bool, str]:
+    """Replicas by id, the backfill after them: the order of the report and of which copy of a trade wins."""
+    return (instance_id == BACKFILL_INSTANCE, instance_id)
 
 
 @cache

@@ -6,13 +6,13 @@ from typing import Any
 
 from audit.check import Audit
 from audit.days import clock
+from audit.entries import instance_order
 from audit.ranges import Hole
-from collector.keys import BACKFILL_INSTANCE
 
 
 def ordered_instances(audit: Audit) -> list[str]:
     """Replicas by id, the backfill last."""
-    return sorted(audit.coverage.instances, key=lambda i: (i == BACKFILL_INSTANCE, i))
+    return sorted(audit.coverage.instances, key=instance_order)
 
 
 def _duration(ms: int) -> str:
