@@ -31,6 +31,7 @@ from audit import check, compact
 from audit.days import day_bounds_ms
 from audit.report import table
 from collector import manifest
+from collector.config import GZIP_LEVEL
 from collector.keys import Part
 from collector.stats import FileStats
 
@@ -101,7 +102,7 @@ def _body(first_id: int, opened: int) -> bytes:
     lines = b"".join(
         b'{"e":"trade","E":%d,"s":"BTCUSDT","t":%d,"p":"43123.45000000","q":"0.00123000","T":%d,"m":true,"M":true}\n'
         % (opened + 20 * i + 1, first_id + i, opened + 20 * i) for i in range(TRADES_PER_FILE))
-    return igzip.compress(lines, 1, mtime=0)
+    return igzip.compress(lines, GZIP_LEVEL, mtime=0)
 
 
 def full_day() -> dict[str, bytes]:

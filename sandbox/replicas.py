@@ -7,15 +7,17 @@ is tested against the real data contract without running collectors for a whole 
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from isal import igzip
+
 from audit.bucket import read
 from audit.files import cut
 from collector import manifest
+from collector.config import GZIP_LEVEL
 from collector.rotator import Rotator, SpoolFile
 from sandbox.market import Market
 
@@ -53,7 +55,7 @@ def write(s3: Any, bucket: str, market: Market, runs: Iterable[Run], *, rotate_s
     written = []
     for run in runs:
         for spool, data in files_of(market, run, rotate_seconds=rotate_seconds):
-            body = gzip.compress(data, compresslevel=1, mtime=0)
+            body = igzip.compress(data, GZIP_LEVEL, mtime=0)
             doc = manifest.build(part=spool.part, stats=spool.stats, bucket=bucket, compressed_bytes=len(body),
                                  sha256=hashlib.sha256(body).hexdigest(),
                                  created_at_ms=spool.stats.max_event_time + 1500)
