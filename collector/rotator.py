@@ -1,4 +1,8 @@
-"""Rotation decisions for one symbol's spool file: 2 MiB or 5 s, whichever comes first. No I/O, no clock."""
+"""Rotation decisions for one symbol's spool file: 2 MiB or 5 s, whichever comes first. No I/O, no clock.
+
+A trade id that does not increase (a server replaying trades) also starts a new file, so the ids in every
+file strictly increase and its manifest's first/last ids and record count describe exactly what it holds.
+"""
 
 from __future__ import annotations
 
@@ -60,6 +64,7 @@ class Rotator:
         if current is None or (
             current.stats.uncompressed_bytes + line_bytes > self.rotate_bytes
             or now_ms - current.part.opened_at_ms >= self.rotate_ms
+            or trade.trade_id <= current.stats.last_trade_id
         ):
             current = self.current = self._open(now_ms)
         else:

@@ -28,6 +28,7 @@ frames = st.lists(st.tuples(st.one_of(trades, junk), st.booleans(), st.integers(
 def test_valid_trades_come_out_byte_identical_and_counts_add_up(frames, rotate_bytes):
     rotator = Rotator(symbol=SYMBOL, instance_id="i-1", rotate_bytes=rotate_bytes, rotate_seconds=1)
     files: dict[str, bytearray] = {}
+    ids: dict[str, list[int]] = {}
     sealed: list[SpoolFile] = []
     expected, rejected, now = [], 0, 0
     for data, text, advance in frames:
@@ -39,6 +40,7 @@ def test_valid_trades_come_out_byte_identical_and_counts_add_up(frames, rotate_b
             if placement.seal is not None:
                 sealed.append(placement.seal)
             files.setdefault(rotator.current.part.stem, bytearray()).extend(parsed.raw + b"\n")
+            ids.setdefault(rotator.current.part.stem, []).append(parsed.trade_id)
         else:
             rejected += 1
             rotator.note_malformed()
@@ -57,6 +59,10 @@ def test_valid_trades_come_out_byte_identical_and_counts_add_up(frames, rotate_b
     # rejections after the last trade stay pending for a file that never opened
     assert sum(f.stats.malformed_messages for f in sealed) + rotator.pending_malformed == rejected
     assert len({f.part.stem for f in sealed}) == len(sealed)
+    # every file's ids strictly increase, so its manifest's first/last ids bound exactly what it holds
+    assert all(ids[f.part.stem] == sorted(set(ids[f.part.stem])) for f in sealed)
+    assert all((f.stats.first_trade_id, f.stats.last_trade_id) == (ids[f.part.stem][0], ids[f.part.stem][-1])
+               for f in sealed)
 
 
 # (trades as (id step, E, padding), whether the ids just continue, ms since the previous read)

@@ -71,6 +71,16 @@ def test_gaps_are_counted_inside_a_file_and_across_files_of_a_run():
     assert rot.current.stats.trade_id_gaps == 1 and rot.current.stats.missing_trade_ids == 92
 
 
+def test_a_trade_id_that_goes_back_starts_a_new_file():
+    rot = rotator(rotate_bytes=10_000)
+    seals = [rot.place(trade(n), now_ms=0).seal for n in (7, 8, 9, 8, 9, 10, 10, 3)]
+    assert [s.stats.first_trade_id if s else None for s in seals] == [None, None, None, 7, None, None, 8, 10]
+    sealed = [s for s in seals if s] + [rot.detach()]
+    assert [(f.stats.first_trade_id, f.stats.last_trade_id, f.stats.record_count) for f in sealed] == [
+        (7, 9, 3), (8, 10, 3), (10, 10, 1), (3, 3, 1)]
+    assert all(f.stats.trade_id_gaps == 0 for f in sealed)
+
+
 def test_rejections_and_reconnects_go_to_the_open_or_next_file():
     rot = rotator()
     rot.note_malformed()
