@@ -1,7 +1,8 @@
 """The ceiling: a bare `websockets` asyncio client that receives and discards, one connection per symbol.
 
 `python -m bench.bare_client URL SYMBOLS --compression none|deflate` prints `connected <extensions>` per
-connection, then runs until SIGTERM and prints `count <messages>`. The benchmark reads its CPU from /proc.
+connection once its first message is in (a feed may take a moment to prepare its frames), then runs until
+SIGTERM and prints `count <messages>`. The benchmark reads its CPU from /proc.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ async def run(url: str, symbols: list[str], compression: str | None) -> int:
     for symbol in symbols:
         ws = await connect(f"{url}/ws/{symbol.lower()}@trade", compression=compression, max_size=MAX_SIZE)
         assert ws.response is not None
+        await ws.recv()
+        counter[0] += 1
         print(f"connected {symbol} {ws.response.headers.get('Sec-WebSocket-Extensions', 'none')}", flush=True)
         connections.append(ws)
     tasks = [asyncio.create_task(receive(ws, counter)) for ws in connections]
