@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
+import msgspec
 
 from collector.keys import DATA_PREFIX, DATA_SUFFIX, EXCHANGE, STREAM, Part
 from collector.stats import FileStats
@@ -53,4 +53,4 @@ def build(
 
 
 def encode(manifest: dict[str, Any]) -> bytes:
-    return orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n"
+    return msgspec.json.format(msgspec.json.encode(manifest), indent=2) + b"\n"

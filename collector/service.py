@@ -15,7 +15,7 @@ from collections.abc import Callable
 from io import BufferedWriter
 from typing import Any
 
-import orjson
+import msgspec
 
 from collector.config import Config
 from collector.frames import Trade
@@ -310,5 +310,5 @@ class Service:
         if lost:
             log.critical("%d trade(s) received after the spool failed could not be written", lost)
         if c.lag_report is not None and self._lag_ms is not None:
-            c.lag_report.write_bytes(orjson.dumps({"tick_seconds": TICK_SECONDS, "lag_ms": self._lag_ms}))
+            c.lag_report.write_bytes(msgspec.json.encode({"tick_seconds": TICK_SECONDS, "lag_ms": self._lag_ms}))
         return self.exit_status

@@ -19,12 +19,18 @@ def test_bad_input_is_rejected_with_a_reason():
         b"not json": "not JSON",
         b"[1,2]": "JSON that is not an object",
         b'{"result":null,"id":1}': "subscription reply",
-        TRADE.replace(b'"t":5400000001,', b""): "trade without integer t/E/T",
-        TRADE.replace(b'"E":1764433201000', b'"E":"1764433201000"'): "trade without integer t/E/T",
-        TRADE.replace(b'"t":5400000001', b'"t":true'): "trade without integer t/E/T",
+        TRADE.replace(b'"t":5400000001,', b""): "trade without 64-bit integer t/E/T",
+        TRADE.replace(b'"E":1764433201000', b'"E":"1764433201000"'): "trade without 64-bit integer t/E/T",
+        TRADE.replace(b'"t":5400000001', b'"t":true'): "trade without 64-bit integer t/E/T",
         TRADE.replace(b"BTCUSDT", b"ETHUSDT"): "trade for symbol 'ETHUSDT' on the BTCUSDT stream",
         b'{"e":"aggTrade"}': "event type 'aggTrade' is not a trade",
         b"\xff\xfe": "not JSON",
+        TRADE.replace(b"5400000001", b"%d" % 2**63): "trade without 64-bit integer t/E/T",
+        TRADE.replace(b'"p":"43250.1"', b'"p":[1,}'): "not JSON",
+        TRADE.replace(b'"m":true', b'"m":tru'): "not JSON",
+        TRADE.replace(b'"E":1764433201000', b'"E":1764433201000.0'): "trade without 64-bit integer t/E/T",
+        TRADE.replace(b'"t":5400000001', b'"t":-1'): "negative trade id",
+        TRADE.replace(b'"s":"BTCUSDT"', b'"s":7'): "trade for symbol 7 on the BTCUSDT stream",
     }
     for data, reason in cases.items():
         assert parse_message(data, text=True, symbol="BTCUSDT") == Rejected(reason), data
