@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 
 from collector import config
 from collector.service import Service
+
+# Every trade allocates a few short-lived objects that the garbage collector tracks, though the hot path
+# makes no reference cycles. At CPython's default threshold (700), 2 M flood messages (bench/) ran 4,043
+# collections, 22 of them full scans of boto3's large heap: 7-15% of the CPU. With the start-up heap frozen
+# and this threshold: 142 and 1. Cyclic garbage waits for at most 50,000 allocations (a few MiB).
+GC_THRESHOLD = 50_000
 
 
 def main() -> None:
@@ -27,6 +34,9 @@ def main() -> None:
     except OSError as exc:
         print(f"python -m collector: error: spool directory {settings.spool_dir}: {exc.strerror}", file=sys.stderr)
         raise SystemExit(2) from None
+    # What start-up built (boto3's service models above all) lives as long as the process: out of every scan.
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD)
     raise SystemExit(asyncio.run(service.run()))
 
 
