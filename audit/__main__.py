@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import orjson
+import msgspec
 from boto3.exceptions import Boto3Error
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -113,7 +113,7 @@ def _run(args: argparse.Namespace, s3: Any) -> int:
                       quiet=args.quiet)
     if args.command == "check":
         if args.json:
-            sys.stdout.buffer.write(orjson.dumps(report.as_json(audit), option=orjson.OPT_INDENT_2) + b"\n")
+            sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(report.as_json(audit)), indent=2) + b"\n")
         else:
             print(report.table(audit))
         if args.plot:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
+import msgspec
 from botocore.exceptions import ClientError
 from isal import igzip
 
@@ -39,7 +39,7 @@ _NO_TIME_ROTATION_SECONDS = 366 * 24 * 3600.0
 
 def event_line(symbol: str, record: dict[str, Any]) -> bytes:
     """A REST history record as the trade stream would have sent it (fields e, E, s, t, p, q, T, m, M)."""
-    return orjson.dumps({"e": "trade", "E": record["time"], "s": symbol, "t": record["id"], "p": record["price"],
+    return msgspec.json.encode({"e": "trade", "E": record["time"], "s": symbol, "t": record["id"], "p": record["price"],
                          "q": record["qty"], "T": record["time"], "m": record["isBuyerMaker"],
                          "M": record.get("isBestMatch", True)})
 
@@ -182,7 +182,7 @@ def store(s3: Any, bucket: str, symbol: str, records: Iterable[dict[str, Any]], 
         manifest_key = part.key(BACKFILL_PREFIX, MANIFEST_SUFFIX)
         if not _put_new(s3, bucket, manifest_key, manifest.encode(doc), "application/json"):
             # Left by an earlier run for these same bytes; anything else there is not ours to overwrite.
-            there = orjson.loads(read(s3, bucket, manifest_key))
+            there = msgspec.json.decode(read(s3, bucket, manifest_key))
             if there.get("payload", {}).get("sha256") != sha256:
                 raise BackfillError(f"s3://{bucket}/{manifest_key} describes other bytes than {data_key}")
         log.info("backfilled s3://%s/%s: ids %d..%d", bucket, data_key, spool.stats.first_trade_id,

@@ -20,7 +20,7 @@ from email.message import Message
 from http import HTTPStatus
 from typing import Any
 
-import orjson
+import msgspec
 
 from collector.backoff import Backoff
 
@@ -106,8 +106,8 @@ def _header_int(headers: Message, name: str) -> int | None:
 def binance_error(body: bytes) -> tuple[int | None, str]:
     """(code, msg) of a Binance error body; (None, the start of the body) when it is not one (a proxy's page)."""
     try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        doc = msgspec.json.decode(body)
+    except msgspec.DecodeError:
         doc = None
     if isinstance(doc, dict) and type(doc.get("code")) is int and isinstance(doc.get("msg"), str):
         return doc["code"], doc["msg"]
@@ -118,8 +118,8 @@ def check_page(body: bytes, symbol: str, from_id: int, limit: int) -> list[dict[
     """The trades in a 200 answer to `fromId=from_id&limit=limit`, or HistoryError if it is not such a page."""
     where = f"malformed answer for {symbol} fromId={from_id}"
     try:
-        records = orjson.loads(body)
-    except orjson.JSONDecodeError as error:
+        records = msgspec.json.decode(body)
+    except msgspec.DecodeError as error:
         raise HistoryError(f"{where}: not JSON ({error})") from None
     if not isinstance(records, list) or len(records) > limit:
         raise HistoryError(f"{where}: not a JSON array of at most {limit} trades: {body[:200]!r}")

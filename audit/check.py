@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-import orjson
+import msgspec
 
 from audit import bucket
 from audit.coverage import DayCoverage, day_coverage
@@ -46,8 +46,8 @@ def partition_prefixes(symbol: str, day: date) -> list[str]:
 def _believe(key: str, body: bytes, symbol: str, sizes: dict[str, int]) -> Entry | list[str]:
     """The manifest at `key` as an Entry, or why it is not believed."""
     try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+        doc = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
         return [f"not JSON ({exc})"]
     found = problems(key, doc, symbol=symbol)
     if found:

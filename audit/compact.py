@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
-import orjson
+import msgspec
 from botocore.exceptions import ClientError
 from isal import igzip
 
@@ -31,6 +31,7 @@ from audit.check import Audit
 from audit.days import reaches_into
 from audit.entries import Entry, instance_order
 from audit.ranges import Hole
+from collector import manifest
 from collector.config import GZIP_LEVEL
 from collector.keys import EXCHANGE, STREAM, curated_data_key, curated_manifest_key
 from collector.manifest import SCHEMA_VERSION, iso_millis
@@ -119,7 +120,7 @@ Line = tuple[int, int, int, bytes]  # trade id, T, E, the line
 
 def _lines(body: bytes) -> Iterator[Line]:
     for line in igzip.decompress(body).splitlines():
-        event = orjson.loads(line)
+        event = msgspec.json.decode(line)
         yield event["t"], event["T"], event["E"], line
 
 
@@ -229,7 +230,7 @@ class Curated:
 
 def _previous_data_key(s3: Any, name: str, manifest_key: str) -> str | None:
     try:
-        return orjson.loads(bucket.read(s3, name, manifest_key))["payload"]["key"]
+        return msgspec.json.decode(bucket.read(s3, name, manifest_key))["payload"]["key"]
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
             return None
@@ -258,7 +259,7 @@ def run(s3: Any, audit: Audit, *, quiet: bool = False, now_ms: int | None = None
         s3.upload_file(str(path), audit.bucket, data_key,
                        ExtraArgs={"ServerSideEncryption": "AES256", "ContentType": "application/gzip"})
     # The manifest is the switch: it names a data object that is already complete.
-    s3.put_object(Bucket=audit.bucket, Key=manifest_key, Body=orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n",
+    s3.put_object(Bucket=audit.bucket, Key=manifest_key, Body=manifest.encode(doc),
                   ServerSideEncryption="AES256", ContentType="application/json")
     if previous is not None and previous != data_key:
         s3.delete_object(Bucket=audit.bucket, Key=previous)

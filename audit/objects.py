@@ -7,7 +7,7 @@ import hashlib
 import zlib
 from dataclasses import dataclass, field
 
-import orjson
+import msgspec
 
 from audit.entries import Entry
 from audit.ranges import Span
@@ -45,9 +45,9 @@ def check_object(entry: Entry, body: bytes) -> ObjectCheck:
     previous = -1
     for number, line in enumerate(lines, 1):
         try:
-            event = orjson.loads(line)
+            event = msgspec.json.decode(line)
             trade_id, trade_time = event["t"], event["T"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+        except (msgspec.DecodeError, KeyError, TypeError):
             trade_id = trade_time = None
         if type(trade_id) is not int or type(trade_time) is not int:
             problems.append(f"line {number} is not a trade event")

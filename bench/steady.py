@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
+import msgspec
 
 from bench.collector_proc import CollectorProc
 from bench.procs import Child
@@ -66,10 +66,10 @@ class ManifestWatch:
         for key, seen in self.first_seen.items():
             if seen > before:
                 continue
-            doc = orjson.loads(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+            doc = msgspec.json.decode(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
             body = self.client.get_object(Bucket=self.bucket, Key=doc["payload"]["key"])["Body"].read()
             seen_ms = seen * 1000
-            out += [seen_ms - orjson.loads(line)["E"] for line in gzip.decompress(body).splitlines()]
+            out += [seen_ms - msgspec.json.decode(line)["E"] for line in gzip.decompress(body).splitlines()]
         return out
 
 

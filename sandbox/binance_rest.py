@@ -16,7 +16,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-import orjson
+import msgspec
 
 from sandbox.loopback import ServedInThread
 from sandbox.market import Market
@@ -42,7 +42,7 @@ Answer = tuple[int, dict[str, str], bytes]
 
 
 def _error(status: int, code: int, msg: str, headers: dict[str, str]) -> Answer:
-    return status, headers, orjson.dumps({"code": code, "msg": msg})
+    return status, headers, msgspec.json.encode({"code": code, "msg": msg})
 
 
 class HistoryServer(ServedInThread):
@@ -117,7 +117,7 @@ class HistoryServer(ServedInThread):
         trades = market.trades[-limit:] if from_id is None else market.from_id(from_id, limit)
         self.requests.append((symbol, from_id, limit))
         headers["Content-Type"] = "application/json;charset=UTF-8"
-        return HTTPStatus.OK, headers, orjson.dumps([trade.rest_record() for trade in trades])
+        return HTTPStatus.OK, headers, msgspec.json.encode([trade.rest_record() for trade in trades])
 
 
 class _Server(ThreadingHTTPServer):

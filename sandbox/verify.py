@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
+import msgspec
 
 from audit.bucket import read
 from audit.entries import Entry
@@ -35,7 +35,7 @@ class Landing:
     problems: list[str] = field(default_factory=list)
 
     def ids(self, symbol: str) -> list[int]:
-        return [orjson.loads(line)["t"] for line in self.lines.get(symbol, [])]
+        return [msgspec.json.decode(line)["t"] for line in self.lines.get(symbol, [])]
 
 
 def _keys(client: Any, bucket: str, prefix: str) -> list[str]:
@@ -49,7 +49,7 @@ def check_bucket(client: Any, bucket: str) -> Landing:
     landing = Landing()
     data_keys = set(_keys(client, bucket, DATA_PREFIX))
     for manifest_key in _keys(client, bucket, MANIFEST_PREFIX):
-        doc = orjson.loads(read(client, bucket, manifest_key))
+        doc = msgspec.json.decode(read(client, bucket, manifest_key))
         landing.manifests.append(doc)
         payload = doc["payload"]
         key = payload["key"]

@@ -14,7 +14,7 @@ from datetime import date
 from pathlib import Path
 
 import jsonschema
-import orjson
+import msgspec
 import pytest
 from isal import igzip
 
@@ -79,7 +79,7 @@ def _plant(s3: LocalS3, bucket: str) -> Day:
     bad = dict(docs[-1])
     bad_key = docs[-1]["payload"]["key"].replace("raw/", "manifests/").replace(".jsonl.gz", "x.manifest.json")
     del bad["quality"]
-    client.put_object(Bucket=bucket, Key=bad_key, Body=orjson.dumps(bad))
+    client.put_object(Bucket=bucket, Key=bad_key, Body=msgspec.json.encode(bad))
     gappy = {d["payload"]["key"] for d in docs
              if d["payload"]["last_trade_id"] - d["payload"]["first_trade_id"] + 1 != d["payload"]["record_count"]}
     return Day(market, a, z, corrupted, bad_key, gappy)
@@ -213,7 +213,7 @@ def test_an_open_start_is_walked_back_and_then_bracketed_from_the_command_line(s
     assert "31 trades fetched" in done.stdout and "COMPLETE" in done.stdout
     compacted = cli("compact")
     assert compacted.returncode == 0, compacted.stdout + compacted.stderr
-    doc = orjson.loads(client.get_object(Bucket=bucket, Key=curated_manifest_key(SYMBOL, DAY))["Body"].read())
+    doc = msgspec.json.decode(client.get_object(Bucket=bucket, Key=curated_manifest_key(SYMBOL, DAY))["Body"].read())
     body = client.get_object(Bucket=bucket, Key=doc["payload"]["key"])["Body"].read()
     assert igzip.decompress(body).splitlines() == market.day_lines(DAY)
     assert doc["complete"] is True

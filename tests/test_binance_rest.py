@@ -11,7 +11,7 @@ from datetime import date
 from email.message import Message
 from typing import Any
 
-import orjson
+import msgspec
 import pytest
 
 from audit.binance_rest import (
@@ -79,10 +79,10 @@ def records(market: Market, from_id: int, limit: int) -> list[dict[str, object]]
 def raw_get(url: str) -> tuple[int, Message, Any]:
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.headers, orjson.loads(response.read())
+            return response.status, response.headers, msgspec.json.decode(response.read())
     except urllib.error.HTTPError as error:
         with error:
-            return error.code, error.headers, orjson.loads(error.read())
+            return error.code, error.headers, msgspec.json.decode(error.read())
 
 
 # --- the client against the stub
@@ -267,7 +267,8 @@ def test_weight_budget_counts_its_own_calls_when_the_header_is_missing():
     [
         (b"<html>", "not JSON"),
         (b'{"code":-1,"msg":"x"}', "not a JSON array"),
-        (orjson.dumps([{"id": 10 + n, "time": 1, "price": "1", "qty": "1", "isBuyerMaker": True} for n in range(3)]),
+        (msgspec.json.encode([{"id": 10 + n, "time": 1, "price": "1", "qty": "1", "isBuyerMaker": True}
+                              for n in range(3)]),
          "not a JSON array of at most 2 trades"),
         (b'[{"id":10,"time":1,"price":"1","qty":"1"}]', "record 0 is not a trade"),
         (b'[{"id":true,"time":1,"price":"1","qty":"1","isBuyerMaker":true}]', "record 0 is not a trade"),
@@ -284,7 +285,7 @@ def test_check_page_refuses_what_is_not_a_page_of_trades(body: bytes, reason: st
 
 def test_check_page_accepts_ids_with_gaps_from_from_id_on():
     page = [{"id": i, "time": 1, "price": "1", "qty": "1", "isBuyerMaker": False} for i in (12, 13, 20)]
-    assert check_page(orjson.dumps(page), SYMBOL, from_id=10, limit=3) == page
+    assert check_page(msgspec.json.encode(page), SYMBOL, from_id=10, limit=3) == page
 
 
 # --- the stub itself, as the demo and other tests rely on it

@@ -1,5 +1,5 @@
 import jsonschema
-import orjson
+import msgspec
 
 from collector import manifest
 from collector.keys import Part
@@ -18,5 +18,5 @@ def test_manifest_matches_the_shared_schema_and_the_design_example(manifest_sche
     assert doc["payload"]["key"] == part.data_key
     assert doc["created_at"] == "2025-11-29T16:20:06.123Z"
     assert doc["quality"] == {"malformed_messages": 2, "trade_id_gaps": 1, "missing_trade_ids": 3, "reconnects": 1}
-    assert orjson.loads(manifest.encode(doc)) == doc
-    assert orjson.loads(manifest.encode(doc))["payload"]["first_trade_id"] == 5400000001  # 64-bit survives
+    assert msgspec.json.decode(manifest.encode(doc)) == doc
+    assert msgspec.json.decode(manifest.encode(doc))["payload"]["first_trade_id"] == 5400000001  # 64-bit survives

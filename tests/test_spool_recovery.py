@@ -2,7 +2,7 @@
 
 import gzip
 
-import orjson
+import msgspec
 
 from collector.config import GZIP_LEVEL
 from collector.frames import parse_message
@@ -27,7 +27,7 @@ def test_a_half_written_file_is_sealed_without_its_torn_last_line(tmp_path):
     (item,) = s.recover("i-1")
     assert item.part == part and not s.path(part, JSONL).exists()
     assert gzip.decompress(item.data.read_bytes()) == trade_line(1) + trade_line(2) + trade_line(4)
-    doc = orjson.loads(item.manifest.read_bytes())
+    doc = msgspec.json.decode(item.manifest.read_bytes())
     assert doc["payload"]["record_count"] == 3 and doc["payload"]["key"] == part.data_key
     assert doc["quality"]["malformed_messages"] == 1
     assert (doc["quality"]["trade_id_gaps"], doc["quality"]["missing_trade_ids"]) == (1, 1)
