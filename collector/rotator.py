@@ -24,10 +24,12 @@ class SpoolFile:
 
 class Placement(NamedTuple):
     """What placing a trade asks of the shell: seal `seal` (if any) before appending the line to the
-    rotator's `current` file; log `gap` (if any)."""
+    rotator's `current` file; log `gap` or `replayed_after` (if any)."""
 
     seal: SpoolFile | None
     gap: Gap | None
+    # The last id taken before this trade, when this trade's id is not above it: the server replayed trades.
+    replayed_after: int | None = None
 
 
 # Nearly every trade needs nothing but its line written: no object is built for those.
@@ -60,18 +62,22 @@ class Rotator:
 
     def place(self, trade: Trade, now_ms: int) -> Placement:
         line_bytes = len(trade.raw) + 1
+        last_id = self.ids.last_id
+        replayed = last_id is not None and trade.trade_id <= last_id
         seal = current = self.current
         if current is None or (
-            current.stats.uncompressed_bytes + line_bytes > self.rotate_bytes
+            replayed  # the open file's last id is the run's last id
+            or current.stats.uncompressed_bytes + line_bytes > self.rotate_bytes
             or now_ms - current.part.opened_at_ms >= self.rotate_ms
-            or trade.trade_id <= current.stats.last_trade_id
         ):
             current = self.current = self._open(now_ms)
         else:
             seal = None
         gap = self.ids.advance(trade.trade_id)
         current.stats.add(trade, line_bytes, gap)
-        return _APPEND if seal is None and gap is None else Placement(seal, gap)
+        if seal is None and gap is None and not replayed:
+            return _APPEND
+        return Placement(seal, gap, last_id if replayed else None)
 
     def place_run(self, trades: list[Trade], nbytes: int, now_ms: int) -> Placement | None:
         """`place` for trades that arrived together (one socket read), as one append of `nbytes`: the usual

@@ -80,10 +80,15 @@ class SymbolSpool:
         if self.unwritten:
             self.unwritten += 1
             return
-        seal, gap = self._place(trade, time.time_ns() // 1_000_000)
+        seal, gap, replayed_after = self._place(trade, time.time_ns() // 1_000_000)
         # One write call is cheaper than two, even with the copy.
-        if self._append(seal, trade.raw + b"\n", 1) and gap is not None:
+        if not self._append(seal, trade.raw + b"\n", 1):
+            return
+        if gap is not None:
             log.warning("%s: trade ids %d..%d missing (%d)", self.symbol, gap.first, gap.last, gap.missing)
+        elif replayed_after is not None:
+            log.warning("%s: trade id %d after %d: the server replayed trades; a new file starts here",
+                        self.symbol, trade.trade_id, replayed_after)
 
     def on_trades(self, trades: list[Trade]) -> None:
         placement = None

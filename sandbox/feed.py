@@ -201,6 +201,17 @@ class Feed:
         self.skipped.update((symbol, i) for i in range(market.next_id, market.next_id + count))
         market.next_id += count
 
+    def replay_trades(self, symbol: str, count: int) -> None:
+        """Send the last `count` trades again, byte for byte, as a server replaying its stream would.
+        Needs `keep_messages`."""
+        if self.messages is None:
+            raise RuntimeError("replay_trades needs a feed started with keep_messages=True")
+        market = self.markets[symbol]
+        first = market.next_id - count
+        frames = [Frame(Opcode.TEXT, self.messages[symbol, i]) for i in range(first, market.next_id)
+                  if (symbol, i) in self.messages]
+        self._broadcast(market, frames, first, market.next_id - 1)
+
     def drop_connections(self) -> None:
         """Cut every connection without a close frame, as a network failure does."""
         for market in self.markets.values():

@@ -179,6 +179,23 @@ def test_gaps_are_counted_and_logged_with_the_missing_range(feed, s3, start_coll
     assert "(37)" in collector.log and "missing" in collector.log
 
 
+def test_a_replay_starts_a_new_file_and_is_kept_and_logged(feed, s3, start_collector, manifest_schema):
+    """8b. Trades sent again: each file's ids still strictly increase (checked object by object by `landed`),
+    the repeats are kept (at least once), and the log says where."""
+    collector = start_collector(ws_url=feed.feed.url)
+    collector.wait_for_log("connected")
+    time.sleep(0.5)
+    feed.call(feed.feed.replay_trades, "BTCUSDT", 25)
+    collector.wait_for_log("uploaded s3://", count=4)
+    assert collector.terminate() == 0
+    landing = landed(s3, feed, ("BTCUSDT",), manifest_schema)
+    ids = landing.ids("BTCUSDT")
+    assert len(ids) - len(set(ids)) == 25
+    assert all(m["payload"]["last_trade_id"] - m["payload"]["first_trade_id"] + 1 == m["payload"]["record_count"]
+               for m in landing.manifests), "every manifest's id range is exactly its records"
+    assert "the server replayed trades; a new file starts here" in collector.log
+
+
 def test_bad_input_is_counted_kept_out_and_never_stops_the_collector(feed, s3, start_collector, manifest_schema):
     """9. Bad input of every kind, mixed into a live stream."""
     collector = start_collector(ws_url=feed.feed.url)

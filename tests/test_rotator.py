@@ -73,12 +73,18 @@ def test_gaps_are_counted_inside_a_file_and_across_files_of_a_run():
 
 def test_a_trade_id_that_goes_back_starts_a_new_file():
     rot = rotator(rotate_bytes=10_000)
-    seals = [rot.place(trade(n), now_ms=0).seal for n in (7, 8, 9, 8, 9, 10, 10, 3)]
+    placements = [rot.place(trade(n), now_ms=0) for n in (7, 8, 9, 8, 9, 10, 10, 3)]
+    assert [p.replayed_after for p in placements] == [None, None, None, 9, None, None, 10, 10]
+    seals = [p.seal for p in placements]
     assert [s.stats.first_trade_id if s else None for s in seals] == [None, None, None, 7, None, None, 8, 10]
     sealed = [s for s in seals if s] + [rot.detach()]
     assert [(f.stats.first_trade_id, f.stats.last_trade_id, f.stats.record_count) for f in sealed] == [
         (7, 9, 3), (8, 10, 3), (10, 10, 1), (3, 3, 1)]
     assert all(f.stats.trade_id_gaps == 0 for f in sealed)
+    # a replay that starts a file after a time rotation is reported too
+    rot.place(trade(20), now_ms=0)
+    assert rot.expire(60_000) is not None
+    assert rot.place(trade(15), now_ms=60_000) == (None, None, 20)
 
 
 def test_rejections_and_reconnects_go_to_the_open_or_next_file():
