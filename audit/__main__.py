@@ -167,8 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BotoCoreError, ClientError, Boto3Error) as exc:
         print(f"audit: cannot use s3://{args.bucket}: {exc}", file=sys.stderr)
         return 2
-    except compact.OutOfOrder as exc:
-        print(f"audit: cannot compact: a data object is not in trade-id order: {exc}", file=sys.stderr)
+    except compact.BadObject as exc:
+        print(f"audit: cannot compact: {exc}", file=sys.stderr)
         return 2
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import msgspec
 
 from collector.backoff import Backoff
+from collector.frames import INT64_MAX, INT64_MIN
 
 log = logging.getLogger("audit.binance_rest")
 
@@ -126,7 +127,8 @@ def check_page(body: bytes, symbol: str, from_id: int, limit: int) -> list[dict[
     previous = from_id - 1
     for n, record in enumerate(records):
         # `type(...) is` rather than isinstance: JSON true must not pass for an int id.
-        if not isinstance(record, dict) or any(type(record.get(k)) is not t for k, t in _TRADE_FIELDS.items()):
+        if (not isinstance(record, dict) or any(type(record.get(k)) is not t for k, t in _TRADE_FIELDS.items())
+                or not INT64_MIN <= record["time"] <= INT64_MAX or record["id"] > INT64_MAX):  # as the stream's
             raise HistoryError(f"{where}: record {n} is not a trade: {record!r:.200}")
         if record["id"] <= previous:
             what = f"starts at id {record['id']}" if n == 0 else f"id {record['id']} follows {previous}"

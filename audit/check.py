@@ -71,9 +71,10 @@ def _read_manifests(s3: Any, name: str, keys: list[str], symbol: str, sizes: dic
     return entries, rejected
 
 
-def _check_objects(s3: Any, name: str, entries: list[Entry], desc: str, quiet: bool) -> list[ObjectCheck]:
+def _check_objects(s3: Any, name: str, entries: list[Entry], symbol: str, desc: str, quiet: bool
+                   ) -> list[ObjectCheck]:
     def one(entry: Entry) -> ObjectCheck:
-        result = check_object(entry, bucket.read(s3, name, entry.data_key))
+        result = check_object(entry, bucket.read(s3, name, entry.data_key), symbol)
         result.lines = []  # keep memory to what the audit needs: the spans
         return result
 
@@ -90,7 +91,7 @@ def run(s3: Any, name: str, symbol: str, day: date, *, verify: bool = False, qui
 
     # Only the objects whose manifests cannot say which ids they hold are read, unless --verify reads all.
     to_read = entries if verify else [e for e in entries if e.inner_missing]
-    checks = _check_objects(s3, name, to_read, "verifying" if verify else "locating gaps", quiet)
+    checks = _check_objects(s3, name, to_read, symbol, "verifying" if verify else "locating gaps", quiet)
     mismatches = {e.data_key: c.problems for e, c in zip(to_read, checks, strict=True) if c.problems}
     exact: dict[str, list[Span]] = {e.data_key: c.spans for e, c in zip(to_read, checks, strict=True)}
     believed = [e for e in entries if e.data_key not in mismatches]

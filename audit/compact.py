@@ -33,6 +33,7 @@ from audit.entries import Entry, instance_order
 from audit.ranges import Hole
 from collector import manifest
 from collector.config import GZIP_LEVEL
+from collector.frames import Trade, parse_message
 from collector.keys import EXCHANGE, STREAM, curated_data_key, curated_manifest_key
 from collector.manifest import SCHEMA_VERSION, iso_millis
 from collector.spool import open_gzip
@@ -44,8 +45,9 @@ DISAGREEMENT_SAMPLE = 20
 CURATED_KIND = "curated-day"
 
 
-class OutOfOrder(Exception):
-    """A data object whose lines go back in trade id although its sha256 is its manifest's."""
+class BadObject(Exception):
+    """A data object whose sha256 is its manifest's but whose lines cannot be merged: a line that is not a
+    trade event, or lines that go back in trade id."""
 
 
 def source_order(entry: Entry) -> tuple[tuple[bool, str], str]:
@@ -118,19 +120,21 @@ class Merged:
 Line = tuple[int, int, int, bytes]  # trade id, T, E, the line
 
 
-def _lines(body: bytes) -> Iterator[Line]:
-    for line in igzip.decompress(body).splitlines():
-        event = msgspec.json.decode(line)
-        yield event["t"], event["T"], event["E"], line
+def _lines(body: bytes, symbol: str, key: str) -> Iterator[Line]:
+    for number, line in enumerate(igzip.decompress(body).splitlines(), 1):
+        trade = parse_message(line, True, symbol)
+        if type(trade) is not Trade:
+            raise BadObject(f"{key}: line {number} is not a {symbol} trade event")
+        yield trade.trade_id, trade.trade_time, trade.event_time, line
 
 
-def _opened(entry: Entry, body: bytes, m: Merged) -> tuple[Line, Iterator[Line]] | None:
+def _opened(entry: Entry, body: bytes, symbol: str, m: Merged) -> tuple[Line, Iterator[Line]] | None:
     """The object's first line and the rest, or None (and the key in `m.damaged`) when it is not what its
     manifest says: those ids are taken from the other sources."""
     if hashlib.sha256(body).hexdigest() != entry.sha256:
         m.damaged.append(entry.data_key)
         return None
-    lines = _lines(body)
+    lines = _lines(body, symbol, entry.data_key)
     first = next(lines, None)
     if first is None or first[0] != entry.first_trade_id:
         m.damaged.append(entry.data_key)
@@ -138,7 +142,8 @@ def _opened(entry: Entry, body: bytes, m: Merged) -> tuple[Line, Iterator[Line]]
     return first, lines
 
 
-def merge_into(out: BinaryIO, bodies: Iterable[tuple[int, Entry, bytes]], start_ms: int, end_ms: int) -> Merged:
+def merge_into(out: BinaryIO, bodies: Iterable[tuple[int, Entry, bytes]], symbol: str, start_ms: int,
+               end_ms: int) -> Merged:
     """Write the day's lines of `bodies` (given in order of first id; the int ranks the source, lower wins)
     to `out`, each id once, in id order. No S3 here."""
     m = Merged()
@@ -151,7 +156,7 @@ def merge_into(out: BinaryIO, bodies: Iterable[tuple[int, Entry, bytes]], start_
         # Open every object that starts at or before the merge point before taking the next line.
         while nxt is not None and (not heap or nxt[1].first_trade_id <= heap[0][0]):
             rank, entry, body = nxt
-            opened = _opened(entry, body, m)
+            opened = _opened(entry, body, symbol, m)
             if opened is not None:
                 (trade_id, trade_time, event_time, line), lines = opened
                 heapq.heappush(heap, (trade_id, rank, trade_time, event_time, line, lines, entry.data_key))
@@ -162,7 +167,7 @@ def merge_into(out: BinaryIO, bodies: Iterable[tuple[int, Entry, bytes]], start_
         following = next(lines, None)
         if following is not None:
             if following[0] <= trade_id:
-                raise OutOfOrder(f"{key}: trade id {following[0]} after {trade_id}")
+                raise BadObject(f"{key}: trade id {following[0]} after {trade_id} (not in trade-id order)")
             heapq.heappush(heap, (following[0], rank, following[1], following[2], following[3], lines, key))
         if trade_id == last_id:
             if written is not None and written[0] == trade_id:
@@ -247,7 +252,7 @@ def run(s3: Any, audit: Audit, *, quiet: bool = False, now_ms: int | None = None
         with path.open("wb") as raw, open_gzip(raw, GZIP_LEVEL) as out:
             bodies = bucket.progress(_fetch_in_order(s3, audit.bucket, sources), total=len(sources),
                                      desc="merging", quiet=quiet)
-            merged = merge_into(out, bodies, cov.start_ms, cov.end_ms)
+            merged = merge_into(out, bodies, audit.symbol, cov.start_ms, cov.end_ms)
         digest = hashlib.sha256()
         with path.open("rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):

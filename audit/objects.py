@@ -7,10 +7,9 @@ import hashlib
 import zlib
 from dataclasses import dataclass, field
 
-import msgspec
-
 from audit.entries import Entry
 from audit.ranges import Span
+from collector.frames import Trade, parse_message
 
 
 @dataclass
@@ -20,8 +19,9 @@ class ObjectCheck:
     spans: list[Span] = field(default_factory=list)  # the ids it holds, with their trade times
 
 
-def check_object(entry: Entry, body: bytes) -> ObjectCheck:
-    """sha256, sizes, record count, first/last ids and id order of `body` against `entry`'s manifest."""
+def check_object(entry: Entry, body: bytes, symbol: str) -> ObjectCheck:
+    """sha256, sizes, record count, first/last ids and id order of `body` against `entry`'s manifest; every
+    line must be a `symbol` trade event as the collector accepts it (`collector.frames.parse_message`)."""
     result = ObjectCheck()
     problems = result.problems
     if hashlib.sha256(body).hexdigest() != entry.sha256:
@@ -44,14 +44,11 @@ def check_object(entry: Entry, body: bytes) -> ObjectCheck:
     spans = result.spans
     previous = -1
     for number, line in enumerate(lines, 1):
-        try:
-            event = msgspec.json.decode(line)
-            trade_id, trade_time = event["t"], event["T"]
-        except (msgspec.DecodeError, KeyError, TypeError):
-            trade_id = trade_time = None
-        if type(trade_id) is not int or type(trade_time) is not int:
+        trade = parse_message(line, True, symbol)
+        if type(trade) is not Trade:
             problems.append(f"line {number} is not a trade event")
             return result
+        trade_id, trade_time = trade.trade_id, trade.trade_time
         if trade_id <= previous:
             problems.append(f"line {number}: trade id {trade_id} after {previous}")
             return result

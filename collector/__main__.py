@@ -13,7 +13,8 @@ from collector.service import Service
 # Every trade allocates a few short-lived objects that the garbage collector tracks, though the hot path
 # makes no reference cycles. At CPython's default threshold (700), 2 M flood messages (bench/) ran 4,043
 # collections, 22 of them full scans of boto3's large heap: 7-15% of the CPU. With the start-up heap frozen
-# and this threshold: 142 and 1. Cyclic garbage waits for at most 50,000 allocations (a few MiB).
+# and this threshold: 142 and 1. Young cyclic garbage waits for at most 50,000 allocations (a few MiB);
+# what survives into the older generations waits for their (now rarer) collections.
 GC_THRESHOLD = 50_000
 
 
@@ -34,7 +35,9 @@ def main() -> None:
     except OSError as exc:
         print(f"python -m collector: error: spool directory {settings.spool_dir}: {exc.strerror}", file=sys.stderr)
         raise SystemExit(2) from None
-    # What start-up built (boto3's service models above all) lives as long as the process: out of every scan.
+    # What start-up built (boto3's service models above all) lives as long as the process: out of every scan,
+    # once the garbage it left is gone.
+    gc.collect()
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD)
     raise SystemExit(asyncio.run(service.run()))

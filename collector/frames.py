@@ -60,17 +60,19 @@ _new_trade = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot
 def parse_message(data: bytes, text: bool, symbol: str) -> Parsed:
     """Classify one complete message of the `<symbol>@trade` stream.
 
-    The accepting path is written for speed (it runs for every message): one typed decode in C that
-    validates the whole message as JSON. Anything it does not accept is decoded again, slowly, by
-    `_classify_rest` to say why.
+    The accepting path is written for speed (it runs for every message): one typed decode in C that reads
+    the five fields and checks the JSON syntax of the rest, plus a UTF-8 check (msgspec does not decode
+    the strings it skips). Numbers in fields it skips are not range-checked: the audit reads data files
+    with this same function. Anything it does not accept is decoded again, slowly, by `_classify_rest`
+    to say why.
     """
     if text and len(data) <= MAX_MESSAGE_BYTES:
         try:
             event = _decode_trade(data)
-        except msgspec.DecodeError:  # also msgspec.ValidationError: JSON, but not a trade as we take it
+        except (msgspec.DecodeError, RecursionError):  # DecodeError includes msgspec.ValidationError
             return _classify_rest(data, symbol)
         # A raw line break is JSON whitespace but would split the message over two lines.
-        if event.s == symbol and 10 not in data and 13 not in data:
+        if event.s == symbol and 10 not in data and 13 not in data and (data.isascii() or _is_utf8(data)):
             return _new_trade(Trade, (data, event.t, event.E, event.T))
         return _classify_rest(data, symbol)
     if not text:
@@ -78,11 +80,21 @@ def parse_message(data: bytes, text: bool, symbol: str) -> Parsed:
     return Rejected(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
 
 
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _classify_rest(data: bytes, symbol: str) -> Notice | Rejected:
     try:
         event = msgspec.json.decode(data)
     except msgspec.DecodeError:
         return Rejected("not JSON")
+    except RecursionError:
+        return Rejected("JSON nested too deeply")
     if type(event) is not dict:
         return Rejected("JSON that is not an object")
     kind = event.get("e")
@@ -93,7 +105,10 @@ def _classify_rest(data: bytes, symbol: str) -> Notice | Rejected:
             return Rejected("negative trade id")
         if event.get("s") != symbol:
             return Rejected(f"trade for symbol {event.get('s')!r} on the {symbol} stream")
-        return Rejected("trade with a raw line break")
+        if 10 in data or 13 in data:
+            return Rejected("trade with a raw line break")
+        # The typed decode checks every occurrence of a field; a plain decode keeps only the last one.
+        return Rejected("trade with a field given twice")
     if kind == "serverShutdown":
         return Notice.SERVER_SHUTDOWN
     if "result" in event and "id" in event:

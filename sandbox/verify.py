@@ -62,10 +62,10 @@ def check_bucket(client: Any, bucket: str) -> Landing:
         if head.get("ServerSideEncryption") != "AES256":
             problems.append("not encrypted with AES256")
         body = read(client, bucket, key)
-        checked = check_object(Entry.from_doc(manifest_key, doc), body)
+        symbol = doc["source"]["symbol"]
+        checked = check_object(Entry.from_doc(manifest_key, doc), body, symbol)
         problems += checked.problems
         lines = checked.lines
-        symbol = doc["source"]["symbol"]
         landing.lines.setdefault(symbol, []).extend(lines)
         landing.objects.append(ObjectReport(key, symbol, len(lines), sum(len(line) + 1 for line in lines),
                                             len(body), payload["first_trade_id"],

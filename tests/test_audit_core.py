@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from audit import backfill
 from audit.binance_rest import PAGE_LIMIT
-from audit.compact import OutOfOrder, choose_sources, merge_into
+from audit.compact import BadObject, choose_sources, merge_into
 from audit.coverage import InstanceCoverage, day_coverage
 from audit.days import day_bounds_ms
 from audit.entries import SCHEMA_PATH, Entry, problems
@@ -283,7 +283,7 @@ def _object(lines, **changes):
 def test_a_good_object_passes_and_says_exactly_which_ids_it_holds():
     lines = _lines([100, 101, 102, 103, 107, 108])
     entry, body = _object(lines)
-    checked = check_object(entry, body)
+    checked = check_object(entry, body, SYMBOL)
     assert checked.problems == []
     assert checked.lines == lines
     assert checked.spans == [Span(100, 103, START, START + 30), Span(107, 108, START + 70, START + 80)]
@@ -293,25 +293,25 @@ def test_a_flipped_byte_is_a_sha256_problem_not_an_exception():
     entry, body = _object(_lines(list(range(100, 200))))
     damaged = bytearray(body)
     damaged[len(damaged) // 2] ^= 0xFF
-    found = check_object(entry, bytes(damaged)).problems
+    found = check_object(entry, bytes(damaged), SYMBOL).problems
     assert found[0] == "sha256 differs from the manifest"
 
 
 def test_a_wrong_record_count_is_a_problem():
     entry, body = _object(_lines([100, 101, 102]), record_count=4)
-    assert check_object(entry, body).problems == ["3 lines, manifest says 4"]
+    assert check_object(entry, body, SYMBOL).problems == ["3 lines, manifest says 4"]
 
 
 @pytest.mark.parametrize(("ids", "expected"), [([100, 102, 101], "line 3: trade id 101 after 102"),
                                                ([100, 101, 101], "line 3: trade id 101 after 101")])
 def test_ids_out_of_order_are_a_problem(ids, expected):
     entry, body = _object(_lines(ids))
-    assert expected in check_object(entry, body).problems
+    assert expected in check_object(entry, body, SYMBOL).problems
 
 
 def test_ids_other_than_the_manifest_s_are_a_problem():
     entry, body = _object(_lines([100, 101, 102]), first_trade_id=99)
-    assert check_object(entry, body).problems == ["ids 100..102, manifest says 99..102"]
+    assert check_object(entry, body, SYMBOL).problems == ["ids 100..102, manifest says 99..102"]
 
 
 @pytest.mark.parametrize("make", [lambda body, raw: raw, lambda body, raw: body[:-12]],
@@ -319,19 +319,21 @@ def test_ids_other_than_the_manifest_s_are_a_problem():
 def test_a_body_that_is_not_gzip_is_a_problem_not_an_exception(make):
     lines = _lines([100, 101, 102])
     entry, body = _object(lines)
-    found = check_object(entry, make(body, b"".join(line + b"\n" for line in lines))).problems
+    found = check_object(entry, make(body, b"".join(line + b"\n" for line in lines)), SYMBOL).problems
     assert any(p.startswith("not a readable gzip stream") for p in found), found
 
 
-@pytest.mark.parametrize("line", [b"not json", b"[1, 2]", b'{"t": 101}'])
+@pytest.mark.parametrize("line", [b"not json", b"[1, 2]", b'{"t": 101}',
+                                  _lines([101])[0].replace(SYMBOL.encode(), b"OTHERUSDT"),
+                                  b'{"x":"\xff",' + _lines([101])[0][1:]])  # not UTF-8
 def test_a_line_that_is_not_a_trade_event_is_a_problem(line):
     entry, body = _object([*_lines([100]), line])
-    assert "line 2 is not a trade event" in check_object(entry, body).problems
+    assert "line 2 is not a trade event" in check_object(entry, body, SYMBOL).problems
 
 
 def test_a_line_whose_trade_id_is_not_a_number_is_a_problem_not_an_exception():
     entry, body = _object([*_lines([100]), b'{"t": "101", "T": 5}'])
-    assert "line 2 is not a trade event" in check_object(entry, body).problems
+    assert "line 2 is not a trade event" in check_object(entry, body, SYMBOL).problems
 
 
 # 5. backfill
@@ -468,7 +470,7 @@ def _source(rank, key, lines, *, first=None):
 
 def _merge(*sources):
     out = io.BytesIO()
-    merged = merge_into(out, iter(sources), START, END)
+    merged = merge_into(out, iter(sources), SYMBOL, START, END)
     return merged, out.getvalue().splitlines()
 
 
@@ -549,8 +551,13 @@ def test_an_object_that_is_not_what_its_manifest_says_is_left_out_and_named():
 
 
 def test_an_object_whose_lines_go_back_stops_the_merge():
-    with pytest.raises(OutOfOrder, match=r"i-a/x\.jsonl\.gz: trade id 101 after 102"):
+    with pytest.raises(BadObject, match=r"i-a/x\.jsonl\.gz: trade id 101 after 102"):
         _merge(_source(0, "i-a/x.jsonl.gz", [_line(100, START), _line(102, START + 1), _line(101, START + 2)]))
+
+
+def test_an_object_with_a_line_that_is_not_a_trade_stops_the_merge():
+    with pytest.raises(BadObject, match=r"i-a/x\.jsonl\.gz: line 2 is not a BTCUSDT trade event"):
+        _merge(_source(0, "i-a/x.jsonl.gz", [_line(100, START), _line(101, START + 1).replace(b"BTC", b"ETH")]))
 
 
 def test_compact_reads_every_instance_s_nearest_object_on_each_side_of_the_day():

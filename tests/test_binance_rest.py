@@ -273,6 +273,8 @@ def test_weight_budget_counts_its_own_calls_when_the_header_is_missing():
         (b'[{"id":10,"time":1,"price":"1","qty":"1"}]', "record 0 is not a trade"),
         (b'[{"id":true,"time":1,"price":"1","qty":"1","isBuyerMaker":true}]', "record 0 is not a trade"),
         (b'[{"id":10,"time":1,"price":1.5,"qty":"1","isBuyerMaker":true}]', "record 0 is not a trade"),
+        (b'[{"id":%d,"time":1,"price":"1","qty":"1","isBuyerMaker":true}]' % 2**63, "record 0 is not a trade"),
+        (b'[{"id":10,"time":%d,"price":"1","qty":"1","isBuyerMaker":true}]' % 2**63, "record 0 is not a trade"),
         (b'[{"id":9,"time":1,"price":"1","qty":"1","isBuyerMaker":true}]', "starts at id 9"),
         (b'[{"id":11,"time":1,"price":"1","qty":"1","isBuyerMaker":true},'
          b'{"id":10,"time":1,"price":"1","qty":"1","isBuyerMaker":true}]', "id 10 follows 11"),

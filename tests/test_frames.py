@@ -30,10 +30,19 @@ def test_bad_input_is_rejected_with_a_reason():
         TRADE.replace(b'"m":true', b'"m":tru'): "not JSON",
         TRADE.replace(b'"E":1764433201000', b'"E":1764433201000.0'): "trade without 64-bit integer t/E/T",
         TRADE.replace(b'"t":5400000001', b'"t":-1'): "negative trade id",
+        TRADE.replace(b'"p":"43250.1"', b'"p":"\xff"'): "not JSON",  # invalid UTF-8 in a field not read
+        TRADE.replace(b'"p":"43250.1"', b'"p":"\xed\xa0\x80"'): "not JSON",  # a UTF-8-encoded surrogate
+        TRADE.replace(b'"p":"43250.1"', b'"p":' + b"[" * 5000 + b"]" * 5000): "JSON nested too deeply",
+        TRADE.replace(b'"t":5400000001', b'"t":true,"t":5400000001'): "trade with a field given twice",
         TRADE.replace(b'"s":"BTCUSDT"', b'"s":7'): "trade for symbol 7 on the BTCUSDT stream",
     }
     for data, reason in cases.items():
         assert parse_message(data, text=True, symbol="BTCUSDT") == Rejected(reason), data
+
+
+def test_utf8_beyond_ascii_is_kept():
+    trade = TRADE.replace(b'"p":"43250.1"', '"p":"43250.1","note":"\u00e9\u20ac"'.encode())
+    assert parse_message(trade, text=True, symbol="BTCUSDT") == Trade(trade, 5400000001, 1764433201000, 1764433200999)
 
 
 def test_binary_frames_and_oversized_messages_are_rejected():
