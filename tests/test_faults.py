@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from sandbox.verify import Landing
 from tests.conftest import landed
 from tests.s3_faults import S3Faults
 
@@ -165,35 +166,34 @@ def test_planned_disconnects_hand_over_without_gap_or_duplicate(feed, s3, start_
     assert all(m["quality"]["trade_id_gaps"] == 0 for m in landing.manifests)
 
 
-def test_gaps_are_counted_and_logged_with_the_missing_range(feed, s3, start_collector, manifest_schema):
-    """8. A jump in trade ids."""
+def _landed_after(feed, s3, start_collector, manifest_schema, control, *args) -> tuple[Landing, str]:
+    """The collector on the live feed while the feed does `control(*args)`: what landed (checked), and the log."""
     collector = start_collector(ws_url=feed.feed.url)
     collector.wait_for_log("connected")
     time.sleep(0.5)
-    feed.call(feed.feed.skip_trades, "BTCUSDT", 37)
+    feed.call(control, *args)
     collector.wait_for_log("uploaded s3://", count=4)
     assert collector.terminate() == 0
-    landing = landed(s3, feed, ("BTCUSDT",), manifest_schema)
+    return landed(s3, feed, ("BTCUSDT",), manifest_schema), collector.log
+
+
+def test_gaps_are_counted_and_logged_with_the_missing_range(feed, s3, start_collector, manifest_schema):
+    """8. A jump in trade ids."""
+    landing, log = _landed_after(feed, s3, start_collector, manifest_schema, feed.feed.skip_trades, "BTCUSDT", 37)
     assert sum(m["quality"]["trade_id_gaps"] for m in landing.manifests) == 1
     assert sum(m["quality"]["missing_trade_ids"] for m in landing.manifests) == 37
-    assert "(37)" in collector.log and "missing" in collector.log
+    assert "(37)" in log and "missing" in log
 
 
 def test_a_replay_starts_a_new_file_and_is_kept_and_logged(feed, s3, start_collector, manifest_schema):
     """8b. Trades sent again: each file's ids still strictly increase (checked object by object by `landed`),
     the repeats are kept (at least once), and the log says where."""
-    collector = start_collector(ws_url=feed.feed.url)
-    collector.wait_for_log("connected")
-    time.sleep(0.5)
-    feed.call(feed.feed.replay_trades, "BTCUSDT", 25)
-    collector.wait_for_log("uploaded s3://", count=4)
-    assert collector.terminate() == 0
-    landing = landed(s3, feed, ("BTCUSDT",), manifest_schema)
+    landing, log = _landed_after(feed, s3, start_collector, manifest_schema, feed.feed.replay_trades, "BTCUSDT", 25)
     ids = landing.ids("BTCUSDT")
     assert len(ids) - len(set(ids)) == 25
     assert all(m["payload"]["last_trade_id"] - m["payload"]["first_trade_id"] + 1 == m["payload"]["record_count"]
                for m in landing.manifests), "every manifest's id range is exactly its records"
-    assert "the server replayed trades; a new file starts here" in collector.log
+    assert "the server replayed trades; a new file starts here" in log
 
 
 def test_bad_input_is_counted_kept_out_and_never_stops_the_collector(feed, s3, start_collector, manifest_schema):
