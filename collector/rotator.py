@@ -97,7 +97,7 @@ class Rotator:
             self.current = current
         elif current.stats.uncompressed_bytes + nbytes > self.rotate_bytes:
             return None
-        self.ids.last_id = trades[-1].trade_id
+        self.ids.advance_run(trades[-1].trade_id)
         current.stats.add_run(trades, nbytes)
         return _APPEND if seal is None else Placement(seal, None)
 

@@ -20,18 +20,29 @@ class Gap:
 
 
 class IdTracker:
-    """Last trade id seen for a symbol in this run, so that gaps across files and reconnects are found."""
+    """The last and the highest trade id taken for a symbol in this run, so that gaps across files and
+    reconnects are found. A gap is a jump above the highest id: after trades replayed from further back,
+    the next new trade does not look like it follows a gap."""
 
-    __slots__ = ("last_id",)
+    __slots__ = ("highest_id", "last_id")
 
     def __init__(self) -> None:
         self.last_id: int | None = None
+        self.highest_id: int | None = None
 
     def advance(self, trade_id: int) -> Gap | None:
-        previous, self.last_id = self.last_id, trade_id
-        if previous is not None and trade_id > previous + 1:
-            return Gap(previous + 1, trade_id - 1)
+        highest, self.last_id = self.highest_id, trade_id
+        if highest is None or trade_id > highest:
+            self.highest_id = trade_id
+            if highest is not None and trade_id > highest + 1:
+                return Gap(highest + 1, trade_id - 1)
         return None
+
+    def advance_run(self, last_id: int) -> None:
+        """`advance` for a run of ids that continues `last_id` without a gap (the caller checked)."""
+        self.last_id = last_id
+        if self.highest_id is None or last_id > self.highest_id:
+            self.highest_id = last_id
 
 
 @dataclass(slots=True)

@@ -191,6 +191,7 @@ def test_a_replay_starts_a_new_file_and_is_kept_and_logged(feed, s3, start_colle
     landing, log = _landed_after(feed, s3, start_collector, manifest_schema, feed.feed.replay_trades, "BTCUSDT", 25)
     ids = landing.ids("BTCUSDT")
     assert len(ids) - len(set(ids)) == 25
+    assert all(m["quality"]["trade_id_gaps"] == 0 for m in landing.manifests), "a replay is not a gap"
     assert all(m["payload"]["last_trade_id"] - m["payload"]["first_trade_id"] + 1 == m["payload"]["record_count"]
                for m in landing.manifests), "every manifest's id range is exactly its records"
     assert "the server replayed trades; a new file starts here" in log

@@ -67,7 +67,7 @@ def test_valid_trades_come_out_byte_identical_and_counts_add_up(frames, rotate_b
 
 # (trades as (id step, E, padding), whether the ids just continue, ms since the previous read)
 runs = st.lists(
-    st.tuples(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 2**40), st.integers(1, 400)), min_size=1,
+    st.tuples(st.lists(st.tuples(st.integers(-3, 3), st.integers(0, 2**40), st.integers(1, 400)), min_size=1,
                        max_size=40), st.booleans(), st.integers(0, 3000)),
     max_size=60)
 
@@ -86,7 +86,7 @@ def test_placing_a_read_at_once_makes_the_same_files_as_trade_by_trade(batches, 
         now += advance
         trades = []
         for step, event_time, pad in batch:
-            next_id += 1 if continues else step  # 0 repeats an id, 2 or more skips some
+            next_id += 1 if continues else step  # 0 repeats an id, below 0 replays, 2 or more skips some
             raw = b'{"e":"trade","E":%d,"s":"BTCUSDT","t":%d,"p":"%s","T":%d}' % (
                 event_time, next_id, b"1" * pad, event_time - 1)
             trades.append(parse_message(raw, text=True, symbol=SYMBOL))

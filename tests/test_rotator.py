@@ -87,6 +87,13 @@ def test_a_trade_id_that_goes_back_starts_a_new_file():
     assert rot.place(trade(15), now_ms=60_000) == (None, None, 20)
 
 
+def test_after_a_replay_from_further_back_the_next_new_trade_is_not_a_gap():
+    rot = rotator(rotate_bytes=10_000)
+    gaps = [rot.place(trade(n), now_ms=0).gap for n in (1, 2, 3, 4, 5, 2, 3, 6, 8)]
+    assert [(g.first, g.last) if g else None for g in gaps] == [None] * 8 + [(7, 7)]
+    assert rot.detach().stats.missing_trade_ids == 1  # the file holding 2, 3, 6, 8
+
+
 def test_rejections_and_reconnects_go_to_the_open_or_next_file():
     rot = rotator()
     rot.note_malformed()
