@@ -92,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("compact", parents=[common], help="write one deduplicated, id-ordered day to curated/",
                    description="Merges every replica and the backfill into curated/exchange=binance/symbol=S/"
-                   "date=D/trades.jsonl.gz (lines byte-identical to the raw ones) and a manifest.json that "
+                   "date=D/trades-<sha16>.jsonl.gz (lines byte-identical to the raw ones) and a manifest.json that "
                    "certifies complete: true or lists the holes. Safe to re-run.")
     return parser
 

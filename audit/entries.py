@@ -7,7 +7,6 @@ import json
 import re
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -21,10 +20,9 @@ from collector.keys import (
     MANIFEST_PREFIX,
     MANIFEST_SUFFIX,
 )
+from collector.manifest import SCHEMA_PATH
 
 _NAME_RE = re.compile(r"^part-(?P<instance>.+)-\d{8}T\d{9}Z" + re.escape(MANIFEST_SUFFIX) + "$")
-# A copy of `shared/manifest.schema.json`, the data contract; a test keeps the two equal.
-SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 
 
 @dataclass(frozen=True, slots=True)

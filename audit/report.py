@@ -24,10 +24,6 @@ def _time(epoch_ms: int | None) -> str:
     return "unknown" if epoch_ms is None else clock(epoch_ms)
 
 
-def _id(trade_id: int | None) -> str:
-    return "?" if trade_id is None else str(trade_id)
-
-
 def describe_hole(hole: Hole) -> str:
     if hole.first is None and hole.last is None:
         return "no data for this day"

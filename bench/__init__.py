@@ -1,1 +1,1 @@
-"""`make bench`: the collector next to the physical limit (see bench/run.py and docs/bench.md)."""
+"""`make bench`: the collector next to the physical limit (see bench/run.py and docs/performance.md)."""

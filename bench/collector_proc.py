@@ -10,7 +10,7 @@ from bench.procstat import Sample
 from sandbox.local_s3 import LocalS3
 
 INSTANCE_ID = "bench"
-# Proposed collector hook (see docs/bench.md): when set, the collector writes its event-loop lag there at exit.
+# The collector's --lag-report hook (docs/performance.md): it writes its event-loop lag there at exit.
 LAG_REPORT_ENV = "COLLECTOR_LAG_REPORT"
 _CONNECTED_RE = re.compile(r"connected (\S+) \(extensions: (.*)\)$")
 _ROTATED_RE = re.compile(r"rotated \S+: (\d+) records")

@@ -1,4 +1,4 @@
-"""Targets of issue 6 checked against one run's results, and the tables `make bench` prints."""
+"""The performance targets checked against one run's results, and the tables `make bench` prints."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Configuration: every setting is an environment variable and the same CLI flag (DESIGN.md section 3).
+"""Configuration: every setting is an environment variable and the same CLI flag (docs/operations.md).
 
 The defaults and limits here are the only copies; the user-data, the sandbox and the tests import them.
 """

@@ -1,4 +1,4 @@
-"""S3 key layout of DESIGN.md section 4: the one place that knows how keys are spelled."""
+"""The S3 key layout (docs/data.md): the one place that knows how keys are spelled."""
 
 from __future__ import annotations
 

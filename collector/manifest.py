@@ -1,8 +1,9 @@
-"""The manifest of one data object (schema_version 1, `shared/manifest.schema.json`)."""
+"""The manifest of one data object (schema_version 1); `manifest.schema.json` beside this file is the data contract."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -11,6 +12,8 @@ from collector.keys import DATA_PREFIX, DATA_SUFFIX, EXCHANGE, STREAM, Part
 from collector.stats import FileStats
 
 SCHEMA_VERSION = 1
+# The data contract that every manifest (the collector's and the backfill's) is checked against.
+SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 
 
 def iso_millis(epoch_ms: int) -> str:

@@ -110,7 +110,7 @@ class Rotator:
         return None
 
     def detach(self) -> SpoolFile | None:
-        """The open file, detached, whatever its age (shutdown, pause for the disk budget)."""
+        """The open file, detached, whatever its age (shutdown)."""
         current, self.current = self.current, None
         return current
 

@@ -1,5 +1,6 @@
 """The upload queue: sealed files go to S3 oldest first, data before manifest, and leave the disk only
-once both are there. A file whose attempts all failed goes back into the queue after a capped backoff."""
+once both are there. A file whose attempts all failed goes back into the queue at once; its worker then waits
+out a capped backoff (cut short at shutdown) before it takes the next file."""
 
 from __future__ import annotations
 

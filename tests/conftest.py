@@ -15,18 +15,18 @@ from typing import Any
 import jsonschema
 import pytest
 
+from collector.manifest import SCHEMA_PATH
 from sandbox.feed import FeedThread
 from sandbox.local_s3 import LocalS3, running_s3
 from sandbox.verify import Landing, check_bucket
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMA = ROOT.parent / "shared" / "manifest.schema.json"
 BUCKET = "collector-test"
 
 
 @pytest.fixture(scope="session")
 def manifest_schema() -> dict[str, Any]:
-    return json.loads(SCHEMA.read_text())
+    return json.loads(SCHEMA_PATH.read_text())
 
 
 @pytest.fixture

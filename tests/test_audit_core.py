@@ -20,7 +20,7 @@ from audit.binance_rest import PAGE_LIMIT
 from audit.compact import BadObject, choose_sources, merge_into
 from audit.coverage import InstanceCoverage, day_coverage
 from audit.days import day_bounds_ms
-from audit.entries import SCHEMA_PATH, Entry, problems
+from audit.entries import Entry, problems
 from audit.objects import check_object
 from audit.ranges import Hole, Span, holes_between, merge, total
 from collector import manifest
@@ -28,7 +28,6 @@ from collector.config import ROTATE_BYTES
 from collector.keys import BACKFILL_INSTANCE, BACKFILL_PREFIX, DATA_SUFFIX, MANIFEST_SUFFIX, Part
 from collector.stats import FileStats
 from sandbox.market import Market, MarketTrade
-from tests.conftest import SCHEMA
 
 DAY = date(2026, 11, 28)
 START, END = day_bounds_ms(DAY)
@@ -245,12 +244,6 @@ def test_a_manifest_under_one_prefix_describing_data_under_the_other_is_not_beli
     _, raw_key, raw_doc = _manifest(instance=BACKFILL_INSTANCE)
     assert "at /payload/key" in problems(backfill_key, raw_doc, symbol=SYMBOL)[0]
     assert "at /payload/key" in problems(raw_key, backfill_doc, symbol=SYMBOL)[0]
-
-
-def test_the_audit_s_copy_of_the_manifest_schema_equals_the_contract():
-    if not SCHEMA.exists():
-        pytest.skip(f"the shared contract {SCHEMA} is not checked out beside the repo: nothing to compare with")
-    assert json.loads(SCHEMA_PATH.read_text()) == json.loads(SCHEMA.read_text())
 
 
 # 4. check_object

@@ -1,5 +1,5 @@
 """Fault injection with real parts: the local feed, the local S3 endpoint, the collector as a subprocess,
-real signals. Each test names the fault of the reliability issue it proves."""
+real signals. Each test names the fault it proves."""
 
 import socket
 import time

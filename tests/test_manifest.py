@@ -6,7 +6,7 @@ from collector.keys import Part
 from collector.stats import FileStats
 
 
-def test_manifest_matches_the_shared_schema_and_the_design_example(manifest_schema):
+def test_manifest_matches_the_schema_and_the_documented_example(manifest_schema):
     stats = FileStats(record_count=1234, uncompressed_bytes=215000, min_event_time=1764433201000,
                       max_event_time=1764433205990, min_trade_time=1764433200999, max_trade_time=1764433205989,
                       first_trade_id=5400000001, last_trade_id=5400001234, malformed_messages=2,

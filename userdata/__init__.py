@@ -4,8 +4,8 @@
 here. Values may be CDK token strings (bucket, region, stack name, the instance's logical id), which
 CloudFormation resolves at deploy time, so the same code always synthesizes the same user-data.
 
-The collector itself (`archive.collector_archive()`, ~19 KB) does not fit into EC2's 16 KB user-data with the
-rest of the script: the stack ships it in the instance's CloudFormation init metadata, which cfn-init writes to
+The collector itself (`archive.collector_archive()`) does not fit into EC2's 16 KB user-data with the rest of
+the script: the stack ships it in the instance's CloudFormation init metadata, which cfn-init writes to
 `ARCHIVE_PATH`; the user-data carries only its sha256.
 """
 
