@@ -18,10 +18,13 @@ R = TypeVar("R")
 WORKERS = 64
 
 
+# A connection per worker; botocore's standard retry mode for throttling and transient errors.
+CLIENT_CONFIG = Config(max_pool_connections=WORKERS, retries={"mode": "standard", "max_attempts": 5})
+
+
 def client(endpoint_url: str | None = None, region_name: str | None = None) -> Any:
-    """An S3 client from boto3's standard chain, with a connection per worker."""
-    return boto3.client("s3", endpoint_url=endpoint_url, region_name=region_name,
-                        config=Config(max_pool_connections=WORKERS, retries={"mode": "standard", "max_attempts": 5}))
+    """An S3 client from boto3's standard chain."""
+    return boto3.client("s3", endpoint_url=endpoint_url, region_name=region_name, config=CLIENT_CONFIG)
 
 
 def progress(iterable: Iterable[T], *, total: int | None, desc: str, quiet: bool) -> Iterator[T]:

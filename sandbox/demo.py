@@ -20,7 +20,7 @@ from audit import bucket as audit_bucket
 from audit import check, report
 from collector.config import SHUTDOWN_TIMEOUT
 from sandbox.feed import FeedThread
-from sandbox.local_s3 import REGION, LocalS3, running_s3
+from sandbox.local_s3 import BACKENDS, LocalS3, running_s3
 from sandbox.verify import check_bucket, coverage
 
 BUCKET = "tradecollector-demo"
@@ -30,12 +30,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m sandbox.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="how long the collector runs")
     parser.add_argument("--rate", type=float, default=50.0, help="local feed: trades per second per symbol")
+    parser.add_argument("--s3", choices=BACKENDS, default=os.environ.get("SANDBOX_S3", "moto"),
+                        help="local S3 server: moto's emulation or SeaweedFS, a real S3 server "
+                        "(default: $SANDBOX_S3, else moto)")
     args = parser.parse_args()
     symbols = os.environ.get("COLLECTOR_SYMBOLS", "BTCUSDT,ETHUSDT")
     external_url = os.environ.get("COLLECTOR_WS_URL")
 
     with contextlib.ExitStack() as stack:
-        s3 = stack.enter_context(running_s3())
+        s3 = stack.enter_context(running_s3(args.s3))
         s3.create_bucket(BUCKET)
         feed = None
         if external_url is None:
@@ -43,7 +46,9 @@ def main() -> int:
             feed = feed_thread.feed
         url = external_url or (feed.url if feed else "")
         spool = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="demo-spool-")))
-        env = {**os.environ, **s3.env(), "COLLECTOR_BUCKET": BUCKET, "COLLECTOR_SYMBOLS": symbols,
+        # Nothing of the user's own AWS setup (a profile, a session token) may reach the local endpoint.
+        own = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env = {**own, **s3.env(), "COLLECTOR_BUCKET": BUCKET, "COLLECTOR_SYMBOLS": symbols,
                "COLLECTOR_WS_URL": url, "COLLECTOR_SPOOL_DIR": str(spool), "COLLECTOR_INSTANCE_ID": "demo"}
         print(f"demo: local S3 at {s3.endpoint}, feed {url}, symbols {symbols}, running {args.seconds:g} s",
               flush=True)
@@ -86,7 +91,7 @@ def main() -> int:
 def _audit(s3: LocalS3, symbols: str) -> bool:
     """The operator's audit of today for each symbol. The demo holds a few seconds of the day, so the day's
     start and end are open; any hole between them, or a manifest or object that fails, is a failure."""
-    client = audit_bucket.client(s3.endpoint, REGION)
+    client = s3.client(audit_bucket.CLIENT_CONFIG)  # the operator's credentials on this server
     ok = True
     for symbol in symbols.upper().split(","):
         print(f"\n$ python -m audit check --bucket {BUCKET} --symbol {symbol} --date today")

@@ -17,7 +17,7 @@ import pytest
 
 from collector.manifest import SCHEMA_PATH
 from sandbox.feed import FeedThread
-from sandbox.local_s3 import LocalS3, running_s3
+from sandbox.local_s3 import BACKENDS, LocalS3, running_s3
 from sandbox.verify import Landing, check_bucket
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,13 +37,26 @@ def feed() -> Iterator[FeedThread]:
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[LocalS3]:
-    with running_s3() as s3:
+    with running_s3("moto") as s3:
         yield s3
 
 
+@pytest.fixture(scope="session")
+def seaweedfs_server() -> Iterator[LocalS3]:
+    with running_s3("seaweedfs") as s3:
+        yield s3
+
+
+# The core end-to-end scenarios run against moto's emulation and against a real S3 server.
+on_both_s3_servers = pytest.mark.parametrize("s3", BACKENDS, indirect=True)
+
+
 @pytest.fixture
-def s3(s3_server: LocalS3) -> Iterator[LocalS3]:
-    """The session's endpoint with an empty bucket for this test."""
+def s3(request: pytest.FixtureRequest) -> Iterator[LocalS3]:
+    """The session's endpoint (moto, or the backend the test is parametrized with) with an empty bucket for
+    this test."""
+    backend = getattr(request, "param", "moto")
+    s3_server: LocalS3 = request.getfixturevalue("s3_server" if backend == "moto" else f"{backend}_server")
     client = s3_server.client()
     s3_server.create_bucket(BUCKET)
     yield s3_server

@@ -4,12 +4,13 @@ import time
 
 import pytest
 
-from tests.conftest import BUCKET, landed
+from tests.conftest import BUCKET, landed, on_both_s3_servers
 from tests.s3_faults import S3Faults
 
 pytestmark = pytest.mark.e2e
 
 
+@on_both_s3_servers
 def test_everything_received_lands_byte_identical_and_the_spool_ends_empty(
         feed, s3, start_collector, spool_dir, manifest_schema):
     collector = start_collector(ws_url=feed.feed.url, symbols="btcusdt,ETHUSDT")

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from sandbox.verify import Landing
-from tests.conftest import landed
+from tests.conftest import landed, on_both_s3_servers
 from tests.s3_faults import S3Faults
 
 pytestmark = pytest.mark.e2e
@@ -26,6 +26,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@on_both_s3_servers
 def test_sigkill_mid_file_then_restart_delivers_everything_received(
         feed, s3, start_collector, spool_dir, manifest_schema):
     """1. Crash: received data is on disk within a second and the next start ships it, once."""
@@ -49,6 +50,7 @@ def test_sigkill_mid_file_then_restart_delivers_everything_received(
     assert len(ids) == len(set(ids)), "nothing shipped twice"
 
 
+@on_both_s3_servers
 def test_s3_down_for_30_seconds_then_back_loses_nothing(feed, s3, start_collector, manifest_schema):
     """2. S3 unavailable: uploads stay queued on disk and are retried; collection goes on."""
     collector = start_collector(ws_url=feed.feed.url)

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -452,8 +453,7 @@ def test_context_strings_from_the_command_line_are_parsed() -> None:
 # --- the pinned CLI -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.cli
-def test_cdk_cli_synthesizes_offline(tmp_path: Path) -> None:
+def _run_cdk(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     cli = REPO_ROOT / "node_modules" / ".bin" / "cdk"
     if not cli.exists():
         message = "node_modules is missing: run `npm ci` (make test does)"
@@ -466,10 +466,25 @@ def test_cdk_cli_synthesizes_offline(tmp_path: Path) -> None:
         "CDK_DISABLE_CLI_TELEMETRY": "true",
         "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20",
     }
-    result = subprocess.run(
-        [str(cli), "synth", "--quiet", "--no-notices", "-o", str(tmp_path / "cdk.out")],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240, check=False,
-    )
+    return subprocess.run([str(cli), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=240,
+                          check=False)
+
+
+@pytest.mark.cli
+def test_cdk_cli_synthesizes_offline(tmp_path: Path) -> None:
+    result = _run_cdk("synth", "--quiet", "--no-notices", "-o", str(tmp_path / "cdk.out"), cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr[-4000:]
     template = json.loads((tmp_path / "cdk.out" / f"{STACK_NAME}.template.json").read_text())
     assert len(_resources(template, "AWS::EC2::Instance")) == 3
+
+
+@pytest.mark.cli
+@pytest.mark.parametrize("command", ["synth", "deploy", "destroy"])
+def test_cdk_cli_in_a_fresh_clone_without_a_venv_says_what_to_run(tmp_path: Path, command: str) -> None:
+    for name in ("cdk.json", "app.py"):
+        shutil.copy(REPO_ROOT / name, tmp_path / name)
+    result = _run_cdk(command, cwd=tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.splitlines()[0] == ("tradecollector: no .venv here yet: run `make synth` once (it installs "
+                                             "the pinned packages), then `npx cdk ...` works")
+    assert "127" not in result.stderr

@@ -1,0 +1,112 @@
+"""The docs state facts the code could contradict (defaults, keys, limits, sizes); these tests hold them to the
+code, and hold the repository to itself: every link resolves inside it, nothing points outside it."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from collector import config, keys
+from collector.frames import MAX_MESSAGE_BYTES
+from stacks.settings import CONTEXT_KEYS
+from tests.cdk_support import REPO_ROOT, cdk_context
+from userdata.archive import collector_archive
+
+DOCS = sorted((REPO_ROOT / "docs").glob("*.md"))
+PAGES = [REPO_ROOT / "README.md", *DOCS]
+# Defaults that depend on the machine the collector runs on; the docs say where they come from instead.
+_MACHINE_DEFAULTS = {"instance_id", "spool_dir"}
+
+
+def _table(page: Path, first_column: str) -> dict[str, list[str]]:
+    """Rows of the markdown table whose header starts with `first_column`, by first cell (backticks gone)."""
+    rows: dict[str, list[str]] = {}
+    in_table = False
+    for line in page.read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0] == first_column:
+            in_table = True
+        elif in_table and line.startswith("|"):
+            if not set(cells[0]) <= {"-"}:
+                rows[cells[0].strip("`")] = [cell.strip("`") for cell in cells[1:]]
+        elif in_table:
+            break
+    return rows
+
+
+def test_the_readme_links_one_page_per_reader_and_every_page_exists():
+    readme = (REPO_ROOT / "README.md").read_text()
+    for page in ("operations", "data", "guarantees", "performance"):
+        assert f"(docs/{page}.md)" in readme
+        assert (REPO_ROOT / "docs" / f"{page}.md").is_file()
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_relative_link_resolves_inside_the_repository(page: Path):
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+        if "://" in target:
+            continue
+        resolved = (page.parent / target).resolve()
+        assert resolved.is_relative_to(REPO_ROOT), f"{page.name} links outside the repository: {target}"
+        assert resolved.exists(), f"{page.name} links to a missing file: {target}"
+
+
+def test_nothing_in_the_repository_reads_or_cites_files_beside_it():
+    outside = re.compile(r"\.\./" + "shared|DESIGN" + r"\.md")
+    offenders = []
+    for path in REPO_ROOT.rglob("*"):
+        parts = path.relative_to(REPO_ROOT).parts
+        if not path.is_file() or parts[0] in {".git", ".venv", "node_modules", "cdk.out"} or "__pycache__" in parts:
+            continue
+        if path.suffix in {".py", ".md", ".json", ".sh", ".service", ".txt", ".toml"} or path.name == "Makefile":
+            offenders += [f"{path.relative_to(REPO_ROOT)}:{n}" for n, line in
+                          enumerate(path.read_text(errors="replace").splitlines(), 1) if outside.search(line)]
+    assert offenders == []
+
+
+def test_the_collector_settings_table_is_every_setting_with_its_default():
+    rows = _table(REPO_ROOT / "docs" / "operations.md", "variable")
+    options = config._options({})
+    assert set(rows) == {opt.env for opt in options}
+    for opt in options:
+        flag, default = rows[opt.env][0], rows[opt.env][1]
+        assert flag == opt.flag
+        if opt.field in _MACHINE_DEFAULTS:
+            continue
+        if opt.default is None:
+            assert default == "required"
+        elif opt.default == "":
+            assert default.startswith("empty")
+        else:
+            assert opt.parse(default) == opt.parse(opt.default), opt.env
+    assert f"at least {MAX_MESSAGE_BYTES + 1}" in rows["COLLECTOR_ROTATE_BYTES"][2]
+
+
+def test_the_cdk_context_table_is_every_key_with_cdk_json_s_default():
+    rows = _table(REPO_ROOT / "docs" / "operations.md", "key")
+    context = cdk_context()
+    assert set(rows) == set(CONTEXT_KEYS)
+    for key in CONTEXT_KEYS:
+        assert rows[key][0] == str(context[key]).lower() if isinstance(context[key], bool) else str(context[key])
+
+
+def test_the_documented_key_layout_is_the_one_the_code_writes():
+    data = (REPO_ROOT / "docs" / "data.md").read_text()
+    opened = datetime(2026, 11, 29, 16, 20, 1, 123000, tzinfo=UTC)
+    part = keys.Part("BTCUSDT", "<instance>", int(opened.timestamp() * 1000))
+    stamp = keys.timestamp(part.opened_at_ms)
+    assert stamp == "20261129T162001123Z" and f"`{stamp}`" in data
+    for key in (part.data_key, part.manifest_key):
+        assert key.replace(stamp, "<ts>") in data
+    curated = keys.curated_data_key("S", opened.date(), "0" * 64)
+    assert curated.replace("2026-11-29", "D").replace("0" * 16, "<first 16 hex of its sha256>") in data
+    assert keys.curated_manifest_key("S", opened.date()).replace("2026-11-29", "D") in data
+
+
+def test_the_stated_archive_size_is_the_archive_s():
+    stated = re.search(r"deterministic tar\.gz \(~(\d+) KB", (REPO_ROOT / "docs" / "operations.md").read_text())
+    assert stated is not None
+    assert round(len(collector_archive()) / 1000) == int(stated[1])
