@@ -13,8 +13,9 @@ STABLE_CONNECTION_SECONDS = 60.0
 # Binance answers 451/403 to a refused location; retrying faster changes nothing.
 REFUSED_LOCATION_DELAY_SECONDS = 300.0
 # After an upload has used all its attempts, it waits on disk this long (doubling, capped) before another round.
-UPLOAD_REQUEUE_FIRST_SECONDS = 5.0
-UPLOAD_REQUEUE_CAP_SECONDS = 60.0
+# The cap is what a backlog may wait once S3 answers again: one small PUT every few seconds costs S3 nothing.
+UPLOAD_REQUEUE_FIRST_SECONDS = 2.0
+UPLOAD_REQUEUE_CAP_SECONDS = 5.0
 
 
 @dataclass(slots=True)

@@ -1,5 +1,8 @@
 """Rotation decisions for one symbol's spool file: 2 MiB or 5 s, whichever comes first. No I/O, no clock.
 
+Time comes in as the shell's monotonic clock, so a wall clock that steps neither stops nor hurries rotation;
+file names (and so keys) take the wall clock, as `now + wall_offset_ms`, and never go back.
+
 A trade id that does not increase (a server replaying trades) also starts a new file, so the ids in every
 file strictly increase and its manifest's first/last ids and record count describe exactly what it holds.
 """
@@ -19,7 +22,12 @@ class SpoolFile:
     """The open spool file of a symbol, as the core sees it."""
 
     part: Part
+    # When it opened on the monotonic clock: its age is measured on that clock.
+    opened_mono_ms: int
     stats: FileStats = field(default_factory=FileStats)
+    # A write or close of the file failed: `stats` may count lines that never reached the disk, so the
+    # manifest must be derived from the file itself.
+    recount: bool = False
 
 
 class Placement(NamedTuple):
@@ -39,23 +47,27 @@ _APPEND = Placement(None, None)
 class Rotator:
     """Files are opened lazily on the first trade, so a rotated file always holds at least one record."""
 
-    def __init__(self, *, symbol: str, instance_id: str, rotate_bytes: int, rotate_seconds: float) -> None:
+    def __init__(self, *, symbol: str, instance_id: str, rotate_bytes: int, rotate_seconds: float,
+                 last_stamp_ms: int = -1) -> None:
         self.symbol = symbol
         self.instance_id = instance_id
         self.rotate_bytes = rotate_bytes
         self.rotate_ms = int(rotate_seconds * 1000)
         self.current: SpoolFile | None = None
         self.ids = IdTracker()
-        self._last_opened_ms = -1
+        # The newest name stamp used (a previous run's too, which the shell passes in): names only go up.
+        self.last_stamp_ms = last_stamp_ms
+        # Wall clock minus the clock `now_ms` is read from; the shell keeps it current.
+        self.wall_offset_ms = 0
         # Counted while no file is open; they belong to the next file (public: tests check the accounting).
         self.pending_malformed = 0
         self._pending_reconnects = 0
 
     def _open(self, now_ms: int) -> SpoolFile:
         # Names carry the opening millisecond; keep them strictly increasing so keys never collide.
-        opened = max(now_ms, self._last_opened_ms + 1)
-        self._last_opened_ms = opened
-        spool = SpoolFile(Part(self.symbol, self.instance_id, opened))
+        opened = max(now_ms + self.wall_offset_ms, self.last_stamp_ms + 1)
+        self.last_stamp_ms = opened
+        spool = SpoolFile(Part(self.symbol, self.instance_id, opened), now_ms)
         spool.stats.malformed_messages, self.pending_malformed = self.pending_malformed, 0
         spool.stats.reconnects, self._pending_reconnects = self._pending_reconnects, 0
         return spool
@@ -68,7 +80,7 @@ class Rotator:
         if current is None or (
             replayed  # the open file's last id is the run's last id
             or current.stats.uncompressed_bytes + line_bytes > self.rotate_bytes
-            or now_ms - current.part.opened_at_ms >= self.rotate_ms
+            or now_ms - current.opened_mono_ms >= self.rotate_ms
         ):
             current = self.current = self._open(now_ms)
         else:
@@ -90,7 +102,7 @@ class Rotator:
             return None
         current = self.current
         seal = None
-        if current is None or now_ms - current.part.opened_at_ms >= self.rotate_ms:
+        if current is None or now_ms - current.opened_mono_ms >= self.rotate_ms:
             if nbytes > self.rotate_bytes:
                 return None
             seal, current = current, self._open(now_ms)
@@ -104,7 +116,7 @@ class Rotator:
     def expire(self, now_ms: int) -> SpoolFile | None:
         """The open file, detached, if it is due by age; called by the shell's timer."""
         current = self.current
-        if current is not None and now_ms - current.part.opened_at_ms >= self.rotate_ms:
+        if current is not None and now_ms - current.opened_mono_ms >= self.rotate_ms:
             self.current = None
             return current
         return None

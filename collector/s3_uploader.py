@@ -25,6 +25,10 @@ class UploadFailed(Exception):
     """Every attempt failed; the file stays on disk and is queued again."""
 
 
+class KeyTaken(Exception):
+    """S3 already holds the key (412), and no earlier attempt of ours can have put it there."""
+
+
 def make_client() -> Any:
     """An S3 client from boto3's standard chain; retries are ours, so botocore makes one attempt."""
     return boto3.session.Session().client(
@@ -45,8 +49,10 @@ class S3Uploader:
         self.attempts = attempts
         self.stop = stop
 
-    def put(self, key: str, path: Path, content_type: str) -> bool:
-        """Upload `path` to `key`; True if it was written now, False if it was already there (412)."""
+    def put(self, key: str, path: Path, content_type: str, *, tried_before: bool) -> bool:
+        """Upload `path` to `key`; True if it was written now, False if an earlier attempt of ours had written
+        it (412 after `tried_before` or after a failed attempt of this call, whose answer may have been lost).
+        Raises KeyTaken for a 412 that no attempt of ours can explain."""
         body = path.read_bytes()
         attempt = 0
         while True:
@@ -60,10 +66,10 @@ class S3Uploader:
             except ClientError as exc:
                 status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
                 if status == 412:
-                    # Keys are unique per instance, so this is our own earlier try whose answer was lost. (Only
-                    # a wall clock stepping back across a restart could reuse a key: hence a warning.)
-                    log.warning("%s is already in S3 (412): taken as our own earlier upload", key)
-                    return False
+                    if tried_before or attempt > 1:
+                        log.warning("%s is already in S3 (412): our own earlier attempt had written it", key)
+                        return False
+                    raise KeyTaken(f"{key} is already in S3 (412), and no attempt of ours wrote it") from exc
                 error = f"HTTP {status} {exc.response.get('Error', {}).get('Code', '')}"
             except BotoCoreError as exc:
                 error = str(exc)

@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from io import BufferedWriter
 from typing import Any
 
@@ -35,10 +36,24 @@ DISK_LOG_SECONDS = 60.0
 DISK_RESUME_FRACTION = 0.9
 REJECT_LOG_SECONDS = 10.0
 STREAM_STOP_SECONDS = 5.0
+# A file named this far from its first trade's event time means the wall clock is off (Binance stamps E).
+CLOCK_SKEW_WARN_SECONDS = 60.0
+CLOCK_SKEW_LOG_SECONDS = 600.0
+
+
+def clock_skew_ms(spool_file: SpoolFile) -> int:
+    """How far the file's name (the wall clock when its first trade arrived) is from that trade's event time."""
+    return spool_file.part.opened_at_ms - spool_file.stats.min_event_time
 
 
 def wall_ms() -> int:
+    """Names and event times only: the wall clock may step."""
     return time.time_ns() // 1_000_000
+
+
+def mono_ms() -> int:
+    """Ages, timers and backoff."""
+    return time.monotonic_ns() // 1_000_000
 
 
 class RejectLog:
@@ -68,7 +83,8 @@ class SymbolSpool:
         self.rotator = rotator
         self.spool = spool
         self.writer: BufferedWriter | None = None
-        # Trades received after the spool failed: they cannot be kept, so they are at least counted.
+        # Set when the spool failed; from then on trades cannot be kept, so they are at least counted.
+        self.broken = False
         self.unwritten = 0
         self._seal = seal
         self._rejects = rejects
@@ -77,12 +93,12 @@ class SymbolSpool:
         self._place_run = rotator.place_run
 
     def on_trade(self, trade: Trade) -> None:
-        if self.unwritten:
+        if self.broken:
             self.unwritten += 1
             return
-        seal, gap, replayed_after = self._place(trade, time.time_ns() // 1_000_000)
+        seal, gap, replayed_after = self._place(trade, time.monotonic_ns() // 1_000_000)
         # One write call is cheaper than two, even with the copy.
-        if not self._append(seal, trade.raw + b"\n", 1):
+        if not self._append(seal, trade.raw + b"\n"):
             return
         if gap is not None:
             log.warning("%s: trade ids %d..%d missing (%d)", self.symbol, gap.first, gap.last, gap.missing)
@@ -92,33 +108,39 @@ class SymbolSpool:
 
     def on_trades(self, trades: list[Trade]) -> None:
         placement = None
-        if not self.unwritten and len(trades) > 1:
+        if not self.broken and len(trades) > 1:
             lines = b"\n".join([t.raw for t in trades]) + b"\n"
-            placement = self._place_run(trades, len(lines), time.time_ns() // 1_000_000)
+            placement = self._place_run(trades, len(lines), time.monotonic_ns() // 1_000_000)
         if placement is None:  # a gap, a repeat or a size rotation inside the batch: trade by trade
             for trade in trades:
                 self.on_trade(trade)
             return
-        self._append(placement.seal, lines, len(trades))
+        self._append(placement.seal, lines)
 
-    def _append(self, seal: SpoolFile | None, lines: bytes, count: int) -> bool:
-        """Seal `seal` if any, then append `lines` (`count` trades) to the open file; False if the spool failed."""
+    def _append(self, seal: SpoolFile | None, lines: bytes) -> bool:
+        """Seal `seal` if any, then append `lines` (trades already counted into the open file's statistics)
+        to the open file; False if the spool failed."""
+        if seal is not None:
+            self.seal(seal)
+        current = self.rotator.current
+        assert current is not None
         try:
-            if seal is not None:
-                self.seal(seal)
+            if self.broken:
+                raise OSError("the spool failed before")
             writer = self.writer
             if writer is None:
-                assert self.rotator.current is not None
-                writer = self.writer = self.spool.open_for_append(self.rotator.current.part)
+                writer = self.writer = self.spool.open_for_append(current.part)
             writer.write(lines)
         except OSError as exc:
-            self._broken(exc, count)
+            # Some, all or none of these (or of earlier, buffered) lines reached the file: only the file knows.
+            current.recount = True
+            self._broken(exc)
             return False
         return True
 
     def on_rejected(self, reason: str) -> None:
         self.rotator.note_malformed()
-        quiet = self._rejects.should_log(self.symbol, wall_ms())
+        quiet = self._rejects.should_log(self.symbol, mono_ms())
         if quiet is not None:
             more = f" ({quiet} more since the last report)" if quiet else ""
             log.warning("%s: message rejected: %s%s", self.symbol, reason, more)
@@ -130,27 +152,32 @@ class SymbolSpool:
         return self.rotator.ids.last_id
 
     def seal(self, spool_file: SpoolFile) -> None:
+        """Close the file and hand it on for sealing; whatever reached it is shipped, by us or the next sweep."""
         writer, self.writer = self.writer, None
-        try:
-            if writer is not None:
+        if writer is not None:
+            try:
                 writer.close()
-        finally:
-            # Sealed even if the close failed: whatever reached the file is shipped, by us or the next sweep.
-            self._seal(spool_file)
+            except OSError as exc:
+                spool_file.recount = True  # the close flushes: some of the counted lines may be missing
+                self._broken(exc)
+        self._seal(spool_file)
 
     def flush(self) -> None:
-        if self.writer is not None and not self.unwritten:
+        if self.writer is not None and not self.broken:
             try:
                 self.writer.flush()
             except OSError as exc:
-                self._broken(exc, 1)
+                if self.rotator.current is not None:
+                    self.rotator.current.recount = True
+                self._broken(exc)
 
-    def _broken(self, exc: OSError, count: int) -> None:
+    def _broken(self, exc: OSError) -> None:
         # A spool that cannot be written (disk full, I/O error) does not heal by itself: stop, and let
-        # systemd restart the collector, whose first act is to sweep and ship what is on disk. From here on
-        # `unwritten` (never 0 again) counts what could not be kept.
-        self.unwritten = max(count, 1)
-        self._fail(f"{self.symbol}: cannot write the spool: {exc}")
+        # systemd restart the collector, whose first act is to sweep and ship what is on disk. What was
+        # counted into the file but did not reach it is found when the file is sealed (recounted).
+        if not self.broken:
+            self.broken = True
+            self._fail(f"{self.symbol}: cannot write the spool: {exc}")
 
 
 class Service:
@@ -164,14 +191,16 @@ class Service:
                                 attempts=config.upload_attempts, stop=self._stop_uploads),
         )
         rejects = RejectLog(int(REJECT_LOG_SECONDS * 1000))
+        last_stamp = self.spool.last_stamp_ms()
         self.symbols = [
             SymbolSpool(
                 rotator=Rotator(symbol=symbol, instance_id=config.instance_id, rotate_bytes=config.rotate_bytes,
-                                rotate_seconds=config.rotate_seconds),
+                                rotate_seconds=config.rotate_seconds, last_stamp_ms=last_stamp),
                 spool=self.spool, seal=self._seal, rejects=rejects, fail=self.fail,
             )
             for symbol in config.symbols
         ]
+        self._set_wall_offset()
         self.streams = [
             SymbolStream(symbol=sink.symbol, ws_url=config.ws_url, sink=sink, compression=config.ws_compression,
                          reconnect_delay=config.reconnect_delay, ping_interval=config.ping_interval,
@@ -179,6 +208,11 @@ class Service:
             for sink in self.symbols
         ]
         self._sealing: set[asyncio.Task[None]] = set()
+        # Sealing has a thread of its own: uploads waiting on S3 must never hold up a rotation.
+        self._seal_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seal")
+        self._skew_logged_at: float | None = None
+        # Trades counted into a file whose write failed, and found missing from it when it was sealed.
+        self.lost_in_files = 0
         self._stop = asyncio.Event()
         self.exit_status = 0
         self._paused_since: float | None = None
@@ -187,15 +221,30 @@ class Service:
     # sealing
 
     def _seal(self, spool_file: SpoolFile) -> None:
-        task = asyncio.create_task(self._seal_and_queue(spool_file))
+        task = asyncio.create_task(self._seal_and_queue(spool_file), name=f"seal-{spool_file.part.stem}")
         self._sealing.add(task)
         task.add_done_callback(self._sealing.discard)
+        self._supervise(task)
 
     async def _seal_and_queue(self, spool_file: SpoolFile) -> None:
+        self._check_clock(spool_file)
         stats = spool_file.stats
         started = time.perf_counter()
+        loop = asyncio.get_running_loop()
         try:
-            sealed = await asyncio.to_thread(self.spool.seal, spool_file.part, stats)
+            if spool_file.recount:
+                counted = stats.record_count
+                recounted = await loop.run_in_executor(self._seal_thread, self.spool.seal_recounted,
+                                                       spool_file.part, stats)
+                held = recounted.stats.record_count if recounted is not None and recounted.stats else 0
+                self.lost_in_files += counted - held
+                log.error("%s: %d of the %d trade(s) counted into it reached the disk (a write failed); its "
+                          "manifest counts what the file holds", spool_file.part.stem, held, counted)
+                if recounted is None or recounted.stats is None:
+                    return
+                sealed, stats = recounted, recounted.stats
+            else:
+                sealed = await loop.run_in_executor(self._seal_thread, self.spool.seal, spool_file.part, stats)
         except OSError as exc:
             # The JSONL stays in the spool; the restart's sweep seals it.
             self.fail(f"sealing {spool_file.part.stem} failed: {exc}")
@@ -209,6 +258,17 @@ class Service:
         )
         self.shipper.add(sealed)
 
+    def _check_clock(self, spool_file: SpoolFile) -> None:
+        """Names follow the wall clock; Binance's event times say whether it is right."""
+        skew_ms = clock_skew_ms(spool_file)
+        now = time.monotonic()
+        if abs(skew_ms) > CLOCK_SKEW_WARN_SECONDS * 1000 and (
+                self._skew_logged_at is None or now - self._skew_logged_at >= CLOCK_SKEW_LOG_SECONDS):
+            self._skew_logged_at = now
+            log.warning("the wall clock is %+.0f s off Binance's event times (file %s): keys are named by the "
+                        "wall clock, so they land in other date/hour partitions; check the time service",
+                        skew_ms / 1000, spool_file.part.stem)
+
     def _seal_all(self) -> None:
         for symbol in self.symbols:
             spool_file = symbol.rotator.detach()
@@ -216,6 +276,15 @@ class Service:
                 symbol.seal(spool_file)
 
     # periodic work
+
+    def _set_wall_offset(self) -> int:
+        """Where the wall clock stands against the monotonic one, for the names of the next files; returns
+        the monotonic time."""
+        now_ms = mono_ms()
+        offset = wall_ms() - now_ms
+        for symbol in self.symbols:
+            symbol.rotator.wall_offset_ms = offset
+        return now_ms
 
     async def _tick(self) -> None:
         loop = asyncio.get_running_loop()
@@ -226,7 +295,7 @@ class Service:
             if self._lag_ms is not None:
                 # How late this timer ran: every callback that held the loop delayed it.
                 self._lag_ms.append((loop.time() - due) * 1000)
-            now_ms = wall_ms()
+            now_ms = self._set_wall_offset()
             for symbol in self.symbols:
                 symbol.flush()
                 expired = symbol.rotator.expire(now_ms)
@@ -311,9 +380,10 @@ class Service:
         else:
             log.error("stopped with %d file(s) not shipped; they stay in %s for the next start",
                       self.shipper.pending(), c.spool_dir)
-        lost = sum(symbol.unwritten for symbol in self.symbols)
+        self._seal_thread.shutdown(wait=False)
+        lost = self.lost_in_files + sum(symbol.unwritten for symbol in self.symbols)
         if lost:
-            log.critical("%d trade(s) received after the spool failed could not be written", lost)
+            log.critical("%d trade(s) received could not be written: the spool failed", lost)
         if c.lag_report is not None and self._lag_ms is not None:
             c.lag_report.write_bytes(msgspec.json.encode({"tick_seconds": TICK_SECONDS, "lag_ms": self._lag_ms}))
         return self.exit_status

@@ -16,6 +16,7 @@ import jsonschema
 import pytest
 
 from collector.manifest import SCHEMA_PATH
+from collector.spool import STAMP_FILE
 from sandbox.feed import FeedThread
 from sandbox.local_s3 import BACKENDS, LocalS3, running_s3
 from sandbox.verify import Landing, check_bucket
@@ -131,6 +132,11 @@ def start_collector(tmp_path: Path, spool_dir: Path, s3: LocalS3) -> Iterator[Ca
     for collector in started:
         if collector.proc.poll() is None:
             collector.kill()
+
+
+def unshipped(spool_dir: Path) -> list[str]:
+    """What the spool still holds to ship (the name stamp it keeps across restarts is not data)."""
+    return sorted(p.name for p in spool_dir.iterdir() if p.name != STAMP_FILE)
 
 
 def landed(s3: LocalS3, feed: FeedThread, symbols: tuple[str, ...], schema: dict[str, Any]) -> Landing:

@@ -109,4 +109,5 @@ def test_the_documented_key_layout_is_the_one_the_code_writes():
 def test_the_stated_archive_size_is_the_archive_s():
     stated = re.search(r"deterministic tar\.gz \(~(\d+) KB", (REPO_ROOT / "docs" / "operations.md").read_text())
     assert stated is not None
-    assert round(len(collector_archive()) / 1000) == int(stated[1])
+    # "~N KB" is an order of size, not a checksum: within 15% of the archive this code makes.
+    assert abs(len(collector_archive()) / 1000 - int(stated[1])) <= 0.15 * len(collector_archive()) / 1000

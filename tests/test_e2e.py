@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from tests.conftest import BUCKET, landed, on_both_s3_servers
+from tests.conftest import BUCKET, landed, on_both_s3_servers, unshipped
 from tests.s3_faults import S3Faults
 
 pytestmark = pytest.mark.e2e
@@ -17,7 +17,7 @@ def test_everything_received_lands_byte_identical_and_the_spool_ends_empty(
     collector.wait_for_log("uploaded s3://", count=4)
     assert collector.terminate() == 0
     landing = landed(s3, feed, ("BTCUSDT", "ETHUSDT"), manifest_schema)
-    assert list(spool_dir.iterdir()) == []
+    assert unshipped(spool_dir) == []
     for symbol in ("BTCUSDT", "ETHUSDT"):
         ids = landing.ids(symbol)
         assert len(ids) == len(set(ids)), "a clean run delivers each trade once"
