@@ -120,20 +120,20 @@ class SymbolSpool:
     def _append(self, seal: SpoolFile | None, lines: bytes) -> bool:
         """Seal `seal` if any, then append `lines` (trades already counted into the open file's statistics)
         to the open file; False if the spool failed."""
+        # Placing a trade always leaves a file open: `current` is never None here.
         if seal is not None:
             self.seal(seal)
-        current = self.rotator.current
-        assert current is not None
+            if self.broken:  # the close failed: the spool is not to be trusted with more
+                self.rotator.current.recount = True  # type: ignore[union-attr]
+                return False
         try:
-            if self.broken:
-                raise OSError("the spool failed before")
             writer = self.writer
             if writer is None:
-                writer = self.writer = self.spool.open_for_append(current.part)
+                writer = self.writer = self.spool.open_for_append(self.rotator.current.part)  # type: ignore[union-attr]
             writer.write(lines)
         except OSError as exc:
             # Some, all or none of these (or of earlier, buffered) lines reached the file: only the file knows.
-            current.recount = True
+            self.rotator.current.recount = True  # type: ignore[union-attr]
             self._broken(exc)
             return False
         return True
