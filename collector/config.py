@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from collector.connect_budget import MIN_LIMIT
 from collector.frames import MAX_MESSAGE_BYTES
 from collector.keys import BACKFILL_INSTANCE
 
@@ -133,9 +134,9 @@ def _instance_id(text: str) -> str:
 
 
 def _connect_budget(text: str) -> int:
-    value = _positive_int(text)
-    if value > BINANCE_CONNECT_LIMIT:
-        raise ValueError(f"must be at most {BINANCE_CONNECT_LIMIT} (Binance's limit per IP per window)")
+    value = int(text)
+    if not MIN_LIMIT <= value <= BINANCE_CONNECT_LIMIT:
+        raise ValueError(f"must be between {MIN_LIMIT} and {BINANCE_CONNECT_LIMIT} (Binance's limit per IP)")
     return value
 
 

@@ -3,10 +3,10 @@
 Binance allows 300 connection attempts per IP per rolling 5 minutes and answers more with 429, then bans the
 IP with 418. Each instance has its own IP, so one budget per instance keeps it under that limit:
 
-- the rule: no rolling window of `window` seconds ever holds more than `limit` granted attempts;
-- pacing inside it: the first `limit // 5` attempts may go at once, the rest one every
-  `window / (limit - limit // 5)` seconds (a generic cell rate algorithm), so a start-up of many symbols
-  is spread out and a network blip still finds attempts to spend;
+- no window of `window` seconds (ends included) ever holds more than `limit` granted attempts: `burst` (a
+  fifth of the limit) may go at once, the rest one every `window / (limit - burst)` seconds, a generic cell
+  rate algorithm. A window then holds at most the burst and `limit - burst` paced attempts; a start-up of
+  many symbols is spread out, and a network blip still finds attempts to spend;
 - order: a reconnect of a dead link before a planned handover before a new symbol's first connect; a request
   that has waited a whole window longer than another class's goes first, so none waits forever;
 - 429: no attempt before its Retry-After, then half speed (down to an eighth) until a window passes without one;
@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Hashable
 from dataclasses import dataclass
 from enum import IntEnum
 
+# With one attempt per window there is nothing left to pace after the first.
+MIN_LIMIT = 2
 # The share of the budget that may be spent at once; the rest is paced over the window.
 BURST_DIVISOR = 5
 # After a 429 the pace halves per further 429, down to this fraction of normal.
@@ -54,7 +56,7 @@ def burst(limit: int) -> int:
 
 def pace_seconds(limit: int, window: float) -> float:
     """The interval between paced attempts once the burst is spent."""
-    return window / max(1, limit - burst(limit))
+    return window / (limit - burst(limit))
 
 
 def startup_seconds(symbols: int, limit: int, window: float) -> float:
@@ -75,14 +77,13 @@ class ConnectBudget:
     """Requests wait in a queue; `poll(now)` grants what the budget allows now. One request per key."""
 
     def __init__(self, *, limit: int, window: float) -> None:
-        if limit < 1 or not window > 0:
-            raise ValueError("the budget needs at least one attempt per positive window")
+        if limit < MIN_LIMIT or not window > 0:
+            raise ValueError(f"the budget needs at least {MIN_LIMIT} attempts per positive window")
         self.limit = limit
         self.window = window
         self._tolerance = (burst(limit) - 1) * pace_seconds(limit, window)
         # Generic cell rate algorithm: an attempt may go at `now` if now >= _tat - _tolerance.
         self._tat = -math.inf
-        self._granted: deque[float] = deque()  # grant times inside the last window, oldest first
         self._queue: list[tuple[float, int, Hashable]] = []
         self._waiting: dict[Hashable, tuple[float, int, Kind]] = {}
         self._seq = 0
@@ -135,16 +136,12 @@ class ConnectBudget:
 
     def poll(self, now: float) -> Grants:
         keys: list[Hashable] = []
-        granted = self._granted
-        while granted and granted[0] + self.window <= now:
-            granted.popleft()
-        while self._head() is not None and self._next_possible(now) <= now:
+        while self._head() is not None and self._next_possible() <= now:
             _, _, key = heapq.heappop(self._queue)
             del self._waiting[key]
             keys.append(key)
-            granted.append(now)
             self._tat = max(self._tat, now) + self._interval(now)
-        return Grants(keys, None if self._head() is None else self._next_possible(now))
+        return Grants(keys, None if self._head() is None else self._next_possible())
 
     def _head(self) -> Hashable | None:
         """The key whose request goes next, dropping withdrawn and replaced entries."""
@@ -157,11 +154,8 @@ class ConnectBudget:
             heapq.heappop(queue)
         return None
 
-    def _next_possible(self, now: float) -> float:
-        at = max(self.banned_until, self.paused_until, self._tat - self._tolerance)
-        if len(self._granted) >= self.limit:
-            at = max(at, self._granted[0] + self.window)
-        return at
+    def _next_possible(self) -> float:
+        return max(self.banned_until, self.paused_until, self._tat - self._tolerance)
 
     def _interval(self, now: float) -> float:
         if now >= self._slow_until:
