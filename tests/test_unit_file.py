@@ -79,9 +79,10 @@ def test_security_score_is_the_documented_one(unit_path: Path) -> None:
     assert f"Overall exposure level for {unit_path.name}: {documented[1]} " in result.stdout, result.stdout
 
 
-def test_descriptor_limit_covers_the_largest_symbol_list_twice() -> None:
+def test_descriptor_limit_covers_the_largest_symbol_list_in_a_handover_of_every_symbol() -> None:
     (limit,) = _directives(userdata.render_unit())["LimitNOFILE"]
-    assert int(limit) >= 2 * (userdata.FDS_PER_SYMBOL * MAX_SYMBOLS + userdata.FDS_BASE)
+    assert int(limit) == userdata.FDS_PER_SYMBOL * MAX_SYMBOLS + userdata.FDS_BASE
+    assert userdata.FDS_PER_SYMBOL >= 3, "two sockets and a spool file per symbol"
 
 
 def test_stop_timeout_leaves_the_collector_time_to_ship_its_spool() -> None:

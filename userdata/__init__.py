@@ -31,12 +31,12 @@ UNIT_NAME = "collector.service"
 # After the collector's own SHUTDOWN_TIMEOUT: an upload attempt still in flight may run out its timeouts,
 # then the interpreter exits.
 STOP_MARGIN_SECONDS = S3_CONNECT_TIMEOUT_SECONDS + S3_READ_TIMEOUT_SECONDS + 10
-# The collector was measured to hold about 1.6 descriptors per symbol plus 20; a handover holds a second
-# socket for its symbol, and a serverShutdown notice hands every symbol over. Twice the measured need at the
-# largest symbol list covers that with room to spare.
-FDS_PER_SYMBOL = 1.6
-FDS_BASE = 20
-LIMIT_NOFILE = 2 * math.ceil(FDS_PER_SYMBOL * MAX_SYMBOLS + FDS_BASE)
+# Descriptors: a symbol holds its socket, its open spool file, and a second socket during its handover (a
+# serverShutdown notice hands every symbol over); the interpreter, the S3 connection pools and the log hold
+# about 20 (measured: 1.6 to 2.1 per symbol plus 20). The unit allows the worst case for the most symbols.
+FDS_PER_SYMBOL = 3
+FDS_BASE = 64
+LIMIT_NOFILE = FDS_PER_SYMBOL * MAX_SYMBOLS + FDS_BASE
 # EC2 rejects raw (pre-base64) user-data above this many bytes; neither synth nor cfn-lint notices.
 USER_DATA_LIMIT = 16_384
 # Longest values the deploy-time tokens can take: S3 allows 63-character bucket names, CloudFormation 128-character
