@@ -46,6 +46,8 @@ CONNECT_WINDOW = 300.0
 # trade landed, ~36 KiB of memory per symbol). Under the default budget it starts in about 11 minutes. The
 # systemd unit's LimitNOFILE is sized from it; the stack refuses a longer list at synth.
 MAX_SYMBOLS = 500
+# In systemd's RuntimeDirectory=, which the unit keeps across restarts.
+CONNECT_STATE_FILE = "connect-budget.json"
 
 _SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}$")
 _INSTANCE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -75,6 +77,7 @@ class Config:
     gzip_level: int
     connect_budget: int
     connect_window: float
+    connect_state: Path | None
     log_level: str
     lag_report: Path | None
 
@@ -187,6 +190,12 @@ def _default_spool_dir(environ: Mapping[str, str]) -> str:
     return environ.get("STATE_DIRECTORY", "").split(":")[0] or "./spool"
 
 
+def _default_connect_state(environ: Mapping[str, str]) -> str:
+    # systemd's RuntimeDirectory= (kept across restarts) sets RUNTIME_DIRECTORY; elsewhere off.
+    runtime = environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    return f"{runtime}/{CONNECT_STATE_FILE}" if runtime else ""
+
+
 def _options(environ: Mapping[str, str]) -> list[_Option]:
     return [
         _Option("bucket", bucket_name, None, "destination S3 bucket (required)"),
@@ -215,6 +224,8 @@ def _options(environ: Mapping[str, str]) -> list[_Option]:
                 f"{BINANCE_CONNECT_LIMIT}"),
         _Option("connect_window", _positive_float, str(CONNECT_WINDOW),
                 "the rolling window of the connection budget, seconds (Binance's is 300)"),
+        _Option("connect_state", _optional_path, _default_connect_state(environ),
+                "file that carries the connection budget (and a ban) over a restart; off when empty"),
         _Option("log_level", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
         _Option("lag_report", _optional_path, "",
                 "write event-loop lag samples (JSON) to this file at exit; used by bench/ (off when empty)"),

@@ -12,7 +12,8 @@ IP with 418. Each instance has its own IP, so one budget per instance keeps it u
 - 429: no attempt before its Retry-After, then half speed (down to an eighth) until a window passes without one;
 - 418: no attempt at all until the ban's Retry-After has passed.
 
-Time is passed in (the event loop's clock); the asyncio side (`connect_gate.py`) carries out the grants.
+Time is passed in (the event loop's clock); the asyncio side (`connect_gate.py`) carries out the grants, and
+carries `state()` over a restart, so that a collector restarting in a loop cannot spend the burst each time.
 """
 
 from __future__ import annotations
@@ -40,6 +41,22 @@ class Kind(IntEnum):
     RECONNECT = 0
     HANDOVER = 1
     FIRST = 2
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetState:
+    """What a restarted collector needs to go on where the last one stopped; times on the budget's clock."""
+
+    tat: float
+    paused_until: float
+    banned_until: float
+    slow_until: float
+    slowdown: int
+
+    def shifted(self, seconds: float) -> BudgetState:
+        """The same state on a clock `seconds` ahead."""
+        return BudgetState(self.tat + seconds, self.paused_until + seconds, self.banned_until + seconds,
+                           self.slow_until + seconds, self.slowdown)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +121,17 @@ class ConnectBudget:
     def withdraw(self, key: Hashable) -> None:
         """`key` no longer wants to connect (stopping, paused, or its old link died during a handover)."""
         self._waiting.pop(key, None)
+
+    def state(self) -> BudgetState:
+        return BudgetState(self._tat, self.paused_until, self.banned_until, self._slow_until, self._slowdown)
+
+    def restore(self, state: BudgetState) -> None:
+        """Go on from a previous run's state (never less strict than this one's)."""
+        self._tat = max(self._tat, state.tat)
+        self.paused_until = max(self.paused_until, state.paused_until)
+        self.banned_until = max(self.banned_until, state.banned_until)
+        if state.slow_until > self._slow_until:
+            self._slow_until, self._slowdown = state.slow_until, max(1, min(MAX_SLOWDOWN, state.slowdown))
 
     def waiting(self) -> Counter[Kind]:
         return Counter(kind for _, _, kind in self._waiting.values())

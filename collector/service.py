@@ -174,7 +174,8 @@ class Service:
             )
             for symbol in config.symbols
         ]
-        self.gate = ConnectGate(ConnectBudget(limit=config.connect_budget, window=config.connect_window))
+        self.gate = ConnectGate(ConnectBudget(limit=config.connect_budget, window=config.connect_window),
+                                state_file=config.connect_state)
         self.streams = [
             SymbolStream(symbol=sink.symbol, ws_url=config.ws_url, sink=sink, gate=self.gate,
                          compression=config.ws_compression,
@@ -293,6 +294,7 @@ class Service:
                  "connect within %.0f s", c.connect_budget, c.connect_window, burst(c.connect_budget),
                  pace_seconds(c.connect_budget, c.connect_window), len(c.symbols),
                  startup_seconds(len(c.symbols), c.connect_budget, c.connect_window))
+        self.gate.load()
         for sealed in await asyncio.to_thread(self.spool.recover, c.instance_id):
             self.shipper.add(sealed)
         for worker in self.shipper.start():

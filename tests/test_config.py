@@ -16,7 +16,13 @@ def test_defaults_are_the_designs():
     assert c.ws_url == "wss://stream.binance.com:9443"
     assert (c.rotate_bytes, c.rotate_seconds, c.upload_attempts, c.reconnect_delay) == (2_097_152, 5.0, 3, 1.0)
     assert c.spool_max_bytes == 1 << 30 and c.log_level == "INFO" and str(c.spool_dir) == "spool"
-    assert (c.connect_budget, c.connect_window) == (250, 300.0)
+    assert (c.connect_budget, c.connect_window, c.connect_state) == (250, 300.0, None)
+
+
+def test_the_connection_budget_is_kept_in_systemds_runtime_directory():
+    """The unit's RuntimeDirectory= survives restarts (RuntimeDirectoryPreserve=restart); systemd names it."""
+    c = parse(["--bucket", "my-bucket"], {"RUNTIME_DIRECTORY": "/run/collector"})
+    assert c.connect_state == Path("/run/collector") / config.CONNECT_STATE_FILE
 
 
 def test_environment_then_flags_win():

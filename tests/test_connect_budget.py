@@ -114,6 +114,20 @@ def test_a_418_stops_every_attempt_until_the_ban_has_passed_and_reports_it_once(
     assert budget.banned(700.0, 5.0), "a later ban is a new one"
 
 
+def test_a_restarted_collector_goes_on_with_the_previous_runs_pace_and_ban():
+    first = ConnectBudget(limit=250, window=300)
+    for n in range(60):
+        first.request(n, Kind.FIRST, 0.0)
+    assert len(first.poll(0.0).keys) == 50
+    first.banned(1.0, 100.0)
+    restarted = ConnectBudget(limit=250, window=300)
+    restarted.restore(first.state().shifted(5000.0))  # saved on the wall clock, read on a new loop clock
+    for n in range(60):
+        restarted.request(n, Kind.FIRST, 5002.0)
+    assert restarted.poll(5002.0).keys == []
+    assert [t for t, _ in drain(restarted, 5002.0)][:2] == [5101.0, 5101.0 + pace_seconds(250, 300)]
+
+
 @pytest.mark.parametrize(("value", "seconds"), [
     ("7", 7.0), ("0", 0.0), (" 12 ", 12.0), (None, RETRY_AFTER_DEFAULT_SECONDS), ("-1", RETRY_AFTER_DEFAULT_SECONDS),
     ("Wed, 21 Oct 2015 07:28:00 GMT", RETRY_AFTER_DEFAULT_SECONDS), ("inf", RETRY_AFTER_DEFAULT_SECONDS),
@@ -125,7 +139,7 @@ def test_retry_after_is_read_as_seconds(value, seconds):
 
 events = st.lists(st.tuples(
     st.floats(0, 60, allow_nan=False),  # seconds since the previous event
-    st.sampled_from(["request", "request", "request", "withdraw", "429", "418"]),
+    st.sampled_from(["request", "request", "request", "withdraw", "429", "418", "restart"]),
     st.integers(0, 40),  # key
     st.sampled_from(list(Kind)),
     st.floats(0, 200, allow_nan=False),  # Retry-After
@@ -135,7 +149,8 @@ events = st.lists(st.tuples(
 @settings(max_examples=300, deadline=None)
 @given(limit=st.integers(2, 30), window=st.floats(0.5, 120, allow_nan=False), events=events)
 def test_no_window_ever_holds_more_than_the_budget_and_every_request_is_served(limit, window, events):
-    """Random requests, re-requests after failures, withdrawals, 429s and 418s, with the gate's polling."""
+    """Random requests, re-requests after failures, withdrawals, 429s, 418s and restarts of the collector
+    (a new budget from the old one's state, every symbol asking again), with the gate's polling."""
     budget = ConnectBudget(limit=limit, window=window)
     grants: list[tuple[float, object]] = []
     blocked: list[tuple[float, float]] = []
@@ -156,6 +171,12 @@ def test_no_window_ever_holds_more_than_the_budget_and_every_request_is_served(l
         elif action == "withdraw":
             budget.withdraw(key)
             pending.discard(key)
+        elif action == "restart":
+            state = budget.state()
+            budget = ConnectBudget(limit=limit, window=window)
+            budget.restore(state)
+            for waiting in pending:
+                budget.request(waiting, Kind.FIRST, now)
         else:
             (budget.too_many if action == "429" else budget.banned)(now, retry_after)
             blocked.append((now, now + retry_after))

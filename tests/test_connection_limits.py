@@ -101,3 +101,20 @@ def test_429s_pause_every_connect_for_retry_after_and_lose_nothing(feed, s3, sta
         early = [t for t, _, _ in log if t429 + 0.3 < t < t429 + 0.9]
         assert early == [], f"{len(early)} handshake(s) inside a 429's Retry-After"
     landed(s3, feed, tuple(names), manifest_schema)
+
+
+def test_a_collector_restarting_in_a_loop_goes_on_with_its_budget(s3, start_collector, tmp_path):
+    """systemd restarts a failed collector within seconds: each start must not bring a fresh burst."""
+    budget, window, names = 50, 30.0, symbols(20)
+    burst, pace = 10, window / 40
+    with FeedThread(rate=0) as feed:
+        for _ in range(6):
+            collector = start_collector(ws_url=feed.feed.url, symbols=",".join(names), connect_budget=budget,
+                                        connect_window=window, connect_state=tmp_path / "connect-budget.json")
+            collector.wait_for_log("connected /ws")
+            time.sleep(0.3)
+            collector.kill()
+        times = [t for t, _, _ in feed.feed.handshake_log]
+    assert most_in_window(times, window) <= budget
+    # One burst for all six runs, then the pace: a fresh budget per start would have made 60 attempts.
+    assert len(times) <= burst + (max(times) - min(times)) / pace + 2, len(times)

@@ -65,6 +65,7 @@ def test_unit_runs_the_collector_as_an_unprivileged_restarting_service() -> None
     assert directives["RestartSec"] == ["5"]
     assert directives["StartLimitIntervalSec"] == ["0"]
     assert directives["StateDirectory"] == ["collector"]
+    assert (directives["RuntimeDirectory"], directives["RuntimeDirectoryPreserve"]) == (["collector"], ["restart"])
     assert directives["KillSignal"] == ["SIGTERM"]
     assert directives["WantedBy"] == ["multi-user.target"]
 
