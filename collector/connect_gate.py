@@ -96,7 +96,9 @@ class ConnectGate:
         self._save()
         self._pump()
 
-    def _pump(self) -> None:
+    def _pump(self, timer: bool = False) -> None:
+        """Grant what the budget allows now. `timer`: called by the timer, i.e. attempts have been waiting
+        (a request that is granted at once, or the start-up's requests while they come in, are not reported)."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         if self._banned and now >= self.budget.banned_until:
@@ -117,8 +119,8 @@ class ConnectGate:
                 self._reported = False
                 log.info("connection budget: no attempt waiting")
             return
-        self._timer = loop.call_at(grants.next_at, self._pump)
-        if now >= self._next_report:
+        self._timer = loop.call_at(grants.next_at, self._pump, True)
+        if timer and now >= self._next_report:
             self._next_report = now + REPORT_SECONDS
             self._reported = True
             waiting = self.budget.waiting()
