@@ -337,15 +337,14 @@ class SymbolStream:
                 await self._link.close("collector stopping")
                 self._link = None
 
-    async def _admitted(self, kind: Kind, *abandon_if: asyncio.Future[str]) -> bool:
-        """Until the connection budget grants one attempt (true), or we stop, pause, or one of `abandon_if`
-        is done first (false)."""
+    async def _admitted(self, kind: Kind) -> bool:
+        """Until the connection budget grants one attempt (true), or we stop or pause (false)."""
         granted = self.gate.request(self, kind)
         while not granted.done():
-            if self._stopping or not self._running.is_set() or any(f.done() for f in abandon_if):
+            if self._stopping or not self._running.is_set():
                 self.gate.withdraw(self)
                 return False
-            await self._wait(granted, *abandon_if, timeout=None)
+            await self._wait(granted, timeout=None)
         return True
 
     async def _open(self) -> Link | None:
@@ -408,29 +407,39 @@ class SymbolStream:
         lifetime = planned_lifetime(self.connection_lifetime, self._rng)
         self._handover_at = started + lifetime
         self._handover_why = f"planned after {lifetime:.0f} s"
-        while True:
-            await self._wait(link.closed, timeout=max(0.0, min(self.ping_interval / 2,
-                                                              self._handover_at - loop.time())))
-            now = loop.time()
-            if link.closed.done():
-                reason = link.closed.result()
-                break
-            if self._stopping or not self._running.is_set():
-                reason = "collector stopping" if self._stopping else "spool full: pausing"
-                await link.close(reason)
-                break
-            silent = now - link.last_rx
-            if silent > 2 * self.ping_interval:
-                reason = f"no frame for {silent:.0f} s"
-                link.abort(reason)
-                break
-            if silent > self.ping_interval:
-                link.ping()
-            if now >= self._handover_at:
-                if await self._hand_over(link, self._handover_why):
-                    return
-                # The old link still works: try again soon, well before Binance cuts it.
-                self._handover_at = loop.time() + self.backoff.next()
+        # A due handover waits here for the connection budget, while the link is still watched and pinged.
+        granted: asyncio.Future[None] | None = None
+        try:
+            while True:
+                due = self._handover_at if granted is None else float("inf")
+                await self._wait(link.closed, *([granted] if granted else []),
+                                 timeout=max(0.0, min(self.ping_interval / 2, due - loop.time())))
+                now = loop.time()
+                if link.closed.done():
+                    reason = link.closed.result()
+                    break
+                if self._stopping or not self._running.is_set():
+                    reason = "collector stopping" if self._stopping else "spool full: pausing"
+                    await link.close(reason)
+                    break
+                silent = now - link.last_rx
+                if silent > 2 * self.ping_interval:
+                    reason = f"no frame for {silent:.0f} s"
+                    link.abort(reason)
+                    break
+                if silent > self.ping_interval:
+                    link.ping()
+                if granted is None and now >= self._handover_at:
+                    granted = self.gate.request(self, Kind.HANDOVER)
+                if granted is not None and granted.done():
+                    granted = None
+                    if await self._hand_over(link, self._handover_why):
+                        return
+                    # The old link still works: try again soon, well before Binance cuts it.
+                    self._handover_at = loop.time() + self.backoff.next()
+        finally:
+            if granted is not None:
+                self.gate.withdraw(self)
         self._link = None
         if self._stopping or not self._running.is_set():
             log.info("%s: disconnected: %s", self.symbol, reason)
@@ -446,8 +455,6 @@ class SymbolStream:
         False when `old` stays in service: the new link failed, died, or delivered nothing in time, or we
         are stopping or pausing. Trades held from the new link are delivered either way."""
         log.info("%s: handing over (%s): opening the new connection before closing the old one", self.symbol, why)
-        if not await self._admitted(Kind.HANDOVER, old.closed):
-            return False
         handover = self._handover = Handover(self.sink.last_trade_id())
         new = await self._open()
         if new is None:

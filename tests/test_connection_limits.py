@@ -67,6 +67,7 @@ def test_a_418_ban_is_waited_out_logged_once_and_loses_nothing(feed, s3, start_c
     collector.wait_for_log("connected /ws", count=len(names))
     time.sleep(1)
     ban_seconds = 3
+    ban_ends = time.monotonic() + ban_seconds
     feed.call(feed.feed.ban, ban_seconds)
     feed.call(feed.feed.drop_connections)
     collector.wait_for_log("HTTP 418 from Binance")
@@ -80,7 +81,7 @@ def test_a_418_ban_is_waited_out_logged_once_and_loses_nothing(feed, s3, start_c
     retried = [t for t, _, status in feed.feed.handshake_log if status == 101 and t > refused[0]]
     # Only attempts already on their way when the first 418 came; then nothing until the ban was over.
     assert len(refused) <= len(names) and max(refused) - refused[0] < 0.5
-    assert min(retried) >= refused[0] + ban_seconds - 1
+    assert min(retried) >= ban_ends - 0.05
     landed(s3, feed, names, manifest_schema)
 
 
@@ -118,3 +119,21 @@ def test_a_collector_restarting_in_a_loop_goes_on_with_its_budget(s3, start_coll
     assert most_in_window(times, window) <= budget
     # One burst for all six runs, then the pace: a fresh budget per start would have made 60 attempts.
     assert len(times) <= burst + (max(times) - min(times)) / pace + 2, len(times)
+
+
+def test_during_a_ban_open_connections_keep_delivering_and_handovers_wait(feed, s3, start_collector, manifest_schema):
+    """A handover that meets a 418 keeps its old connection, waits for the ban to pass, then hands over."""
+    collector = start_collector(ws_url=feed.feed.url, connection_lifetime=4)
+    collector.wait_for_log("connected /ws")
+    ban_ends = time.monotonic() + 5
+    feed.call(feed.feed.ban, 5)
+    collector.wait_for_log("HTTP 418 from Binance", timeout=10)
+    collector.wait_for_log("handover done", timeout=20)
+    time.sleep(1)
+    assert collector.terminate() == 0
+    ids = landed(s3, feed, ("BTCUSDT",), manifest_schema).ids("BTCUSDT")
+    assert ids == list(range(ids[0], ids[-1] + 1)), "no gap: the old connection delivered through the ban"
+    banned = [t for t, _, status in feed.feed.handshake_log if status == 418]
+    after = [t for t, _, status in feed.feed.handshake_log if status == 101 and t > banned[0]]
+    # Retry-After is the ban's remaining time in whole seconds, rounded up: no attempt before the ban ends.
+    assert len(banned) == 1 and min(after) >= ban_ends - 0.05
