@@ -7,8 +7,9 @@ IP with 418. Each instance has its own IP, so one budget per instance keeps it u
   fifth of the limit) may go at once, the rest one every `window / (limit - burst)` seconds, a generic cell
   rate algorithm. A window then holds at most the burst and `limit - burst` paced attempts; a start-up of
   many symbols is spread out, and a network blip still finds attempts to spend;
-- order: a reconnect of a dead link before a planned handover before a new symbol's first connect; a request
-  that has waited a whole window longer than another class's goes first, so none waits forever;
+- order: a reconnect of a dead link before a planned handover before a new symbol's first connect; each step
+  down that order counts as one window of waiting, so a request that has waited longer still goes first and
+  none waits forever;
 - 429: no attempt before its Retry-After, then half speed (down to an eighth) until a window passes without one;
 - 418: no attempt at all until the ban's Retry-After has passed.
 
@@ -119,7 +120,7 @@ class ConnectBudget:
         heapq.heappush(self._queue, (rank, self._seq, key))
 
     def withdraw(self, key: Hashable) -> None:
-        """`key` no longer wants to connect (stopping, paused, or its old link died during a handover)."""
+        """`key` no longer wants to connect (stopping, pausing, or its link died while its handover waited)."""
         self._waiting.pop(key, None)
 
     def state(self) -> BudgetState:
