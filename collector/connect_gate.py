@@ -88,11 +88,11 @@ class ConnectGate:
             if self.budget.banned(now, retry_after):
                 self._banned = True
                 log.critical(
-                    "HTTP 418 from Binance: this IP is banned from connecting for %.0f s (Retry-After); no "
+                    "HTTP 418 from Binance: this IP is banned from connecting for %g s (Retry-After); no "
                     "connection is attempted until then; open connections and the spool are kept", retry_after)
         elif self.budget.too_many(now, retry_after):
             log.warning("HTTP 429 from Binance: too many connection attempts; no connection is attempted for "
-                        "%.0f s (Retry-After), then at a slower pace", retry_after)
+                        "%g s (Retry-After), then at a slower pace", retry_after)
         self._save()
         self._pump()
 
