@@ -220,8 +220,8 @@ def _options(environ: Mapping[str, str]) -> list[_Option]:
         _Option("ws_compression", _on_off, "none", "WebSocket permessage-deflate: 'deflate' or 'none'"),
         _Option("gzip_level", _gzip_level, str(GZIP_LEVEL), "gzip level of the data objects (ISA-L igzip, 0-3)"),
         _Option("connect_budget", _connect_budget, str(CONNECT_BUDGET),
-                "connection attempts (connects, reconnects, handovers) the instance makes per window, at most "
-                f"{BINANCE_CONNECT_LIMIT}"),
+                "connection attempts (connects, reconnects, handovers) the instance makes per window, "
+                f"{MIN_LIMIT} to {BINANCE_CONNECT_LIMIT}"),
         _Option("connect_window", _positive_float, str(CONNECT_WINDOW),
                 "the rolling window of the connection budget, seconds (Binance's is 300)"),
         _Option("connect_state", _optional_path, _default_connect_state(environ),

@@ -51,7 +51,7 @@ def test_a_start_up_of_320_symbols_keeps_every_window_within_the_budget(s3, star
     assert sorted(path for _, path, _ in handshakes) == sorted(f"/ws/{s.lower()}@trade" for s in names)
     times = [t for t, _, _ in handshakes]
     # The feed stamps a handshake a little after the collector granted it, and not always equally late:
-    # windows are checked 10% shorter so that jitter on this shared machine cannot fail a correct budget.
+    # windows are checked 10% shorter so that jitter on a loaded machine cannot fail a correct budget.
     assert most_in_window(times, 0.9 * window) <= budget
     expected = startup_seconds(len(names), budget, window)
     assert max(times) - min(times) >= 0.9 * expected, "paced, not all at once"
