@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from collector.connect_budget import MIN_LIMIT
 from collector.frames import MAX_MESSAGE_BYTES
 from collector.keys import BACKFILL_INSTANCE
 
@@ -36,6 +37,17 @@ S3_READ_TIMEOUT_SECONDS = 15
 # ISA-L's igzip level (0-3), chosen by bench/: level 1 gives about zlib -6's ratio at a tenth of its CPU.
 GZIP_LEVEL = 1
 GZIP_LEVELS = range(0, 4)
+# Binance allows this many connection attempts per IP per rolling 5 minutes; each instance has its own IP.
+BINANCE_CONNECT_LIMIT = 300
+# The instance's own budget, with headroom under Binance's limit, and its rolling window (shortened by tests).
+CONNECT_BUDGET = 250
+CONNECT_WINDOW = 300.0
+# The most symbols (one connection each) one instance serves: the largest list measured end to end (every
+# trade landed, ~36 KiB of memory per symbol). Under the default budget it starts in about 11 minutes. The
+# systemd unit's LimitNOFILE is sized from it; the stack refuses a longer list at synth.
+MAX_SYMBOLS = 500
+# In systemd's RuntimeDirectory=, which the unit keeps across restarts.
+CONNECT_STATE_FILE = "connect-budget.json"
 
 _SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}$")
 _INSTANCE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -63,6 +75,9 @@ class Config:
     shutdown_timeout: float
     ws_compression: bool
     gzip_level: int
+    connect_budget: int
+    connect_window: float
+    connect_state: Path | None
     log_level: str
     lag_report: Path | None
 
@@ -99,6 +114,8 @@ def symbol_list(text: str) -> tuple[str, ...]:
     symbols = tuple(dict.fromkeys(s.strip().upper() for s in text.split(",") if s.strip()))
     if not symbols:
         raise ValueError("must name at least one symbol")
+    if len(symbols) > MAX_SYMBOLS:
+        raise ValueError(f"{len(symbols)} symbols, more than the {MAX_SYMBOLS} one instance serves")
     for symbol in symbols:
         if not _SYMBOL_RE.match(symbol):
             raise ValueError(f"{symbol!r} is not a Binance symbol (letters and digits)")
@@ -117,6 +134,13 @@ def _instance_id(text: str) -> str:
     if text == BACKFILL_INSTANCE:
         raise ValueError(f"{BACKFILL_INSTANCE!r} is reserved for the trades the audit tool backfills")
     return text
+
+
+def _connect_budget(text: str) -> int:
+    value = int(text)
+    if not MIN_LIMIT <= value <= BINANCE_CONNECT_LIMIT:
+        raise ValueError(f"must be between {MIN_LIMIT} and {BINANCE_CONNECT_LIMIT} (Binance's limit per IP)")
+    return value
 
 
 def _optional_path(text: str) -> Path | None:
@@ -166,6 +190,12 @@ def _default_spool_dir(environ: Mapping[str, str]) -> str:
     return environ.get("STATE_DIRECTORY", "").split(":")[0] or "./spool"
 
 
+def _default_connect_state(environ: Mapping[str, str]) -> str:
+    # systemd's RuntimeDirectory= (kept across restarts) sets RUNTIME_DIRECTORY; elsewhere off.
+    runtime = environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    return f"{runtime}/{CONNECT_STATE_FILE}" if runtime else ""
+
+
 def _options(environ: Mapping[str, str]) -> list[_Option]:
     return [
         _Option("bucket", bucket_name, None, "destination S3 bucket (required)"),
@@ -189,10 +219,22 @@ def _options(environ: Mapping[str, str]) -> list[_Option]:
                 "on SIGTERM, seconds to ship what is left before leaving it in the spool"),
         _Option("ws_compression", _on_off, "none", "WebSocket permessage-deflate: 'deflate' or 'none'"),
         _Option("gzip_level", _gzip_level, str(GZIP_LEVEL), "gzip level of the data objects (ISA-L igzip, 0-3)"),
+        _Option("connect_budget", _connect_budget, str(CONNECT_BUDGET),
+                "connection attempts (connects, reconnects, handovers) the instance makes per window, "
+                f"{MIN_LIMIT} to {BINANCE_CONNECT_LIMIT}"),
+        _Option("connect_window", _positive_float, str(CONNECT_WINDOW),
+                "the rolling window of the connection budget, seconds (Binance's is 300)"),
+        _Option("connect_state", _optional_path, _default_connect_state(environ),
+                "file that carries the connection budget (and a ban) over a restart; off when empty"),
         _Option("log_level", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
         _Option("lag_report", _optional_path, "",
                 "write event-loop lag samples (JSON) to this file at exit; used by bench/ (off when empty)"),
     ]
+
+
+def _shown(raw: str) -> str:
+    # A symbol list can be thousands of characters; the error stays one readable line.
+    return repr(raw) if len(raw) <= 80 else f"{raw[:60]!r}... ({len(raw)} characters)"
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -228,7 +270,7 @@ def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None =
         try:
             values[opt.field] = opt.parse(raw)
         except ValueError as exc:
-            raise ConfigError(f"{source}={raw!r}: {exc}") from None
+            raise ConfigError(f"{source}={_shown(raw)}: {exc}") from None
     return Config(**values)
 
 

@@ -1,8 +1,20 @@
-"""Joining a new connection onto an old one without a gap or a duplicate. No I/O."""
+"""Planned handovers: when each connection hands over, and joining the new connection onto the old one
+without a gap or a duplicate. No I/O."""
 
 from __future__ import annotations
 
+import random
+
 from collector.frames import Trade
+
+# Planned handovers fall at random over this long before a connection's lifetime ends (at most half of it),
+# so an instance's connections, opened together, do not hand over together.
+HANDOVER_SPREAD_SECONDS = 3600.0
+
+
+def planned_lifetime(lifetime: float, rng: random.Random) -> float:
+    """How long one connection serves before its planned handover: in the spread before `lifetime`."""
+    return lifetime - rng.uniform(0.0, min(HANDOVER_SPREAD_SECONDS, lifetime / 2))
 
 
 class Handover:

@@ -19,6 +19,8 @@ from typing import Any
 import msgspec
 
 from collector.config import Config
+from collector.connect_budget import ConnectBudget, burst, pace_seconds, startup_seconds
+from collector.connect_gate import ConnectGate
 from collector.frames import Trade
 from collector.rotator import Rotator, SpoolFile
 from collector.s3_uploader import S3Uploader, make_client
@@ -201,8 +203,11 @@ class Service:
             for symbol in config.symbols
         ]
         self._set_wall_offset()
+        self.gate = ConnectGate(ConnectBudget(limit=config.connect_budget, window=config.connect_window),
+                                state_file=config.connect_state)
         self.streams = [
-            SymbolStream(symbol=sink.symbol, ws_url=config.ws_url, sink=sink, compression=config.ws_compression,
+            SymbolStream(symbol=sink.symbol, ws_url=config.ws_url, sink=sink, gate=self.gate,
+                         compression=config.ws_compression,
                          reconnect_delay=config.reconnect_delay, ping_interval=config.ping_interval,
                          connection_lifetime=config.connection_lifetime)
             for sink in self.symbols
@@ -354,6 +359,11 @@ class Service:
         c = self.config
         log.info("collector starting: instance %s, symbols %s, %s, bucket %s, spool %s",
                  c.instance_id, ",".join(c.symbols), c.ws_url, c.bucket, c.spool_dir)
+        log.info("connection budget: %d attempts per %g s (%d at once, then one every %.2f s): %d symbol(s) "
+                 "connect within %.0f s", c.connect_budget, c.connect_window, burst(c.connect_budget),
+                 pace_seconds(c.connect_budget, c.connect_window), len(c.symbols),
+                 startup_seconds(len(c.symbols), c.connect_budget, c.connect_window))
+        self.gate.load()
         for sealed in await asyncio.to_thread(self.spool.recover, c.instance_id):
             self.shipper.add(sealed)
         for worker in self.shipper.start():

@@ -12,7 +12,7 @@ import logging
 import random
 import ssl
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidStatus
@@ -27,8 +27,10 @@ from collector.backoff import (
     STABLE_CONNECTION_SECONDS,
     Backoff,
 )
+from collector.connect_budget import Kind, retry_after_seconds
+from collector.connect_gate import BANNED, TOO_MANY, ConnectGate
 from collector.frames import Notice, Rejected, Trade, parse_message
-from collector.handover import Handover
+from collector.handover import Handover, planned_lifetime
 
 log = logging.getLogger("collector.ws")
 
@@ -39,6 +41,7 @@ HANDOVER_TIMEOUT_SECONDS = 10.0
 # The protocol's own limit is a backstop; oversized messages below it are rejected by frames.parse_message.
 PROTOCOL_MAX_SIZE = 1 << 20
 REFUSED_STATUSES = (403, 451)
+RATE_LIMIT_STATUSES = (TOO_MANY, BANNED)
 # Bound once: looking up an Enum member costs ~25 ns, and `data_received` would do it per frame.
 _TEXT, _BINARY, _CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
 
@@ -67,6 +70,15 @@ class LocationRefused(Exception):
     def __init__(self, status: int) -> None:
         super().__init__(f"HTTP {status}")
         self.status = status
+
+
+class RateLimited(Exception):
+    """Binance answered the handshake with 429 (too many attempts) or 418 (this IP is banned)."""
+
+    def __init__(self, status: int, retry_after: float) -> None:
+        super().__init__(f"HTTP {status}, Retry-After {retry_after:g} s")
+        self.status = status
+        self.retry_after = retry_after
 
 
 def stream_url(ws_url: str, symbol: str) -> str:
@@ -146,6 +158,9 @@ class Link(asyncio.Protocol):
             self.opened.set_result(response.headers.get("Sec-WebSocket-Extensions", "none"))
         elif isinstance(exc, InvalidStatus) and exc.response.status_code in REFUSED_STATUSES:
             self.opened.set_exception(LocationRefused(exc.response.status_code))
+        elif isinstance(exc, InvalidStatus) and exc.response.status_code in RATE_LIMIT_STATUSES:
+            retry_after = retry_after_seconds(exc.response.headers.get("Retry-After"))
+            self.opened.set_exception(RateLimited(exc.response.status_code, retry_after))
         else:
             self.opened.set_exception(ConnectionError(f"handshake failed: {exc}"))
 
@@ -205,7 +220,8 @@ async def connect(link: Link) -> None:
 
 class SymbolStream:
     """Keeps one symbol's trade stream flowing: reconnects with backoff, detects dead links, and hands
-    over to a fresh connection before Binance's 24-hour cut or on a `serverShutdown` notice."""
+    over to a fresh connection before Binance's 24-hour cut or on a `serverShutdown` notice. Every attempt
+    waits for the instance's connection budget (`gate`) first."""
 
     def __init__(
         self,
@@ -213,6 +229,7 @@ class SymbolStream:
         symbol: str,
         ws_url: str,
         sink: Sink,
+        gate: ConnectGate,
         compression: bool,
         reconnect_delay: float,
         ping_interval: float,
@@ -222,11 +239,13 @@ class SymbolStream:
         self.symbol = symbol
         self.url = stream_url(ws_url, symbol)
         self.sink = sink
+        self.gate = gate
         self._on_trade = sink.on_trade  # bound once: called for every message off the common path
         self.compression = compression
         self.ping_interval = ping_interval
         self.connection_lifetime = connection_lifetime
-        self.backoff = Backoff(first=reconnect_delay, cap=RECONNECT_CAP_SECONDS, rng=rng or random.Random())
+        self._rng = rng or random.Random()
+        self.backoff = Backoff(first=reconnect_delay, cap=RECONNECT_CAP_SECONDS, rng=self._rng)
         self._running = asyncio.Event()
         self._running.set()
         self._stopping = False
@@ -318,6 +337,16 @@ class SymbolStream:
                 await self._link.close("collector stopping")
                 self._link = None
 
+    async def _admitted(self, kind: Kind) -> bool:
+        """Until the connection budget grants one attempt (true), or we stop or pause (false)."""
+        granted = self.gate.request(self, kind)
+        while not granted.done():
+            if self._stopping or not self._running.is_set():
+                self.gate.withdraw(self)
+                return False
+            await self._wait(granted, timeout=None)
+        return True
+
     async def _open(self) -> Link | None:
         """A new open link, or None after a failed attempt (the caller decides what to do next)."""
         link = Link(self.url, compression=self.compression, on_messages=self._on_messages)
@@ -331,6 +360,11 @@ class SymbolStream:
                 "COLLECTOR_WS_URL; retrying in %.0f s", self.symbol, exc, REFUSED_LOCATION_DELAY_SECONDS,
             )
             self._retry_after = REFUSED_LOCATION_DELAY_SECONDS
+        except RateLimited as exc:
+            # The gate logs it once for the instance and holds every attempt back; retry through it at once.
+            self.gate.refused(exc.status, exc.retry_after)
+            self._retry_after = 0.0
+            log.debug("%s: connect refused (%s)", self.symbol, exc)
         except (OSError, TimeoutError) as exc:
             self._retry_after = self.backoff.next()
             log.warning("%s: connect to %s failed (%s); retrying in %.1f s", self.symbol, self.url,
@@ -347,12 +381,13 @@ class SymbolStream:
     async def _connect(self) -> bool:
         """Retries until connected (true), or until stopped or paused (false)."""
         while not self._stopping and self._running.is_set():
-            if await self._open() is not None:
+            kind = Kind.FIRST if self._connections == 0 else Kind.RECONNECT
+            if await self._admitted(kind) and await self._open() is not None:
                 return True
             await self._wait(timeout=self._retry_after)
         return False
 
-    async def _wait(self, *futures: asyncio.Future[str], timeout: float) -> None:
+    async def _wait(self, *futures: asyncio.Future[Any], timeout: float | None) -> None:
         """Until one of `futures` is done, `_wake` is set, or `timeout` passes; at once when stopping or
         paused, so a `stop()` or `pause()` that came while we were busy is never slept through."""
         if self._stopping or not self._running.is_set():
@@ -368,31 +403,43 @@ class SymbolStream:
         """Until the link ends or is replaced by a handover."""
         loop = link.loop
         started = loop.time()
-        self._handover_at = started + self.connection_lifetime
-        self._handover_why = f"lifetime of {self.connection_lifetime:g} s"
-        while True:
-            await self._wait(link.closed, timeout=max(0.0, min(self.ping_interval / 2,
-                                                              self._handover_at - loop.time())))
-            now = loop.time()
-            if link.closed.done():
-                reason = link.closed.result()
-                break
-            if self._stopping or not self._running.is_set():
-                reason = "collector stopping" if self._stopping else "spool full: pausing"
-                await link.close(reason)
-                break
-            silent = now - link.last_rx
-            if silent > 2 * self.ping_interval:
-                reason = f"no frame for {silent:.0f} s"
-                link.abort(reason)
-                break
-            if silent > self.ping_interval:
-                link.ping()
-            if now >= self._handover_at:
-                if await self._hand_over(link, self._handover_why):
-                    return
-                # The old link still works: try again soon, well before Binance cuts it.
-                self._handover_at = loop.time() + self.backoff.next()
+        # Each connection draws its own lifetime, so the instance's handovers never fall together.
+        lifetime = planned_lifetime(self.connection_lifetime, self._rng)
+        self._handover_at = started + lifetime
+        self._handover_why = f"planned after {lifetime:.0f} s"
+        # A due handover waits here for the connection budget, while the link is still watched and pinged.
+        granted: asyncio.Future[None] | None = None
+        try:
+            while True:
+                due = self._handover_at if granted is None else float("inf")
+                await self._wait(link.closed, *([granted] if granted else []),
+                                 timeout=max(0.0, min(self.ping_interval / 2, due - loop.time())))
+                now = loop.time()
+                if link.closed.done():
+                    reason = link.closed.result()
+                    break
+                if self._stopping or not self._running.is_set():
+                    reason = "collector stopping" if self._stopping else "spool full: pausing"
+                    await link.close(reason)
+                    break
+                silent = now - link.last_rx
+                if silent > 2 * self.ping_interval:
+                    reason = f"no frame for {silent:.0f} s"
+                    link.abort(reason)
+                    break
+                if silent > self.ping_interval:
+                    link.ping()
+                if granted is None and now >= self._handover_at:
+                    granted = self.gate.request(self, Kind.HANDOVER)
+                if granted is not None and granted.done():
+                    granted = None
+                    if await self._hand_over(link, self._handover_why):
+                        return
+                    # The old link still works: try again soon, well before Binance cuts it.
+                    self._handover_at = loop.time() + self.backoff.next()
+        finally:
+            if granted is not None:
+                self.gate.withdraw(self)
         self._link = None
         if self._stopping or not self._running.is_set():
             log.info("%s: disconnected: %s", self.symbol, reason)

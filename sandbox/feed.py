@@ -4,7 +4,8 @@ Each symbol is one market: trades are generated in small bursts at a set rate, w
 increasing across connections, and every open connection of that symbol gets the same trades (as on
 Binance, where a new connection sees trades from the moment it subscribes). The server pings like Binance.
 It also plays Binance's failures on demand, for the demo and the fault-injection tests: a
-`serverShutdown` notice, dropped or silent connections, a refused location (HTTP 451), bad messages.
+`serverShutdown` notice, dropped or silent connections, a refused location (HTTP 451), too many connection
+attempts (HTTP 429) and a ban (HTTP 418), both with Retry-After, bad messages.
 
 Run alone: `python -m sandbox.feed --port 9443 --rate 200`.
 """
@@ -15,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import re
 import threading
@@ -89,6 +91,11 @@ class Feed:
         self.refuse_status: int | None = None
         self.silent = False
         self.handshakes = 0
+        # Every handshake as (time.monotonic(), request path, HTTP status answered: 101 for accepted).
+        self.handshake_log: list[tuple[float, str, int]] = []
+        self._banned_until = -math.inf
+        self._throttle_fraction = 0.0
+        self._throttle_retry_after = 0
         self.sent_ranges: list[tuple[str, int, int]] = []
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -101,9 +108,23 @@ class Feed:
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         self.handshakes += 1
+        now = time.monotonic()
+        response = self._answer(connection, request, now)
+        self.handshake_log.append((now, request.path, 101 if response is None else response.status_code))
+        return response
+
+    def _answer(self, connection: ServerConnection, request: Request, now: float) -> Response | None:
         if self.refuse_status is not None:
             status = HTTPStatus(self.refuse_status)
             return connection.respond(status, "Service unavailable from a restricted location.\n")
+        if now < self._banned_until:
+            response = connection.respond(HTTPStatus.IM_A_TEAPOT, "Way too many requests; IP banned.\n")
+            response.headers["Retry-After"] = str(math.ceil(self._banned_until - now))
+            return response
+        if self._throttle_fraction and self.rng.random() < self._throttle_fraction:
+            response = connection.respond(HTTPStatus.TOO_MANY_REQUESTS, "Too many requests.\n")
+            response.headers["Retry-After"] = str(self._throttle_retry_after)
+            return response
         if not _PATH_RE.match(request.path):
             return connection.respond(HTTPStatus.NOT_FOUND, "use /ws/<symbol>@trade\n")
         return None
@@ -211,6 +232,15 @@ class Feed:
         frames = [Frame(Opcode.TEXT, self.messages[symbol, i]) for i in range(first, market.next_id)
                   if (symbol, i) in self.messages]
         self._broadcast(market, frames, first, market.next_id - 1)
+
+    def ban(self, seconds: float) -> None:
+        """Answer every handshake for `seconds` with 418 and the ban's remaining time as Retry-After, as
+        Binance does to an IP that kept connecting after 429s. Open connections are not touched."""
+        self._banned_until = time.monotonic() + seconds
+
+    def throttle(self, fraction: float, retry_after: int) -> None:
+        """Answer this fraction of handshakes with 429 and Retry-After (seconds); 0 turns it off."""
+        self._throttle_fraction, self._throttle_retry_after = fraction, retry_after
 
     def drop_connections(self) -> None:
         """Cut every connection without a close frame, as a network failure does."""

@@ -16,6 +16,13 @@ def test_defaults_are_the_designs():
     assert c.ws_url == "wss://stream.binance.com:9443"
     assert (c.rotate_bytes, c.rotate_seconds, c.upload_attempts, c.reconnect_delay) == (2_097_152, 5.0, 3, 1.0)
     assert c.spool_max_bytes == 1 << 30 and c.log_level == "INFO" and str(c.spool_dir) == "spool"
+    assert (c.connect_budget, c.connect_window, c.connect_state) == (250, 300.0, None)
+
+
+def test_the_connection_budget_is_kept_in_systemds_runtime_directory():
+    """The unit's RuntimeDirectory= survives restarts (RuntimeDirectoryPreserve=restart); systemd names it."""
+    c = parse(["--bucket", "my-bucket"], {"RUNTIME_DIRECTORY": "/run/collector"})
+    assert c.connect_state == Path("/run/collector") / config.CONNECT_STATE_FILE
 
 
 def test_environment_then_flags_win():
@@ -55,6 +62,31 @@ def test_bad_configuration_exits_2_with_one_line_and_no_connection(feed):
     assert result.stderr.splitlines() == [
         "python -m collector: error: COLLECTOR_ROTATE_BYTES='-5': must be a positive integer"]
     assert feed.feed.handshakes == 0
+
+
+def test_more_symbols_than_one_instance_serves_exit_2_with_the_limit_in_one_line(feed):
+    symbols = ",".join(f"S{n:04d}USDT" for n in range(config.MAX_SYMBOLS + 1))
+    result = subprocess.run(
+        [sys.executable, "-m", "collector", "--ws-url", feed.feed.url],
+        cwd=ROOT, env={"PATH": "/usr/bin:/bin", "COLLECTOR_SYMBOLS": symbols, "COLLECTOR_BUCKET": "b-ok"},
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("python -m collector: error: COLLECTOR_SYMBOLS='S0000USDT,")
+    assert line.endswith(f"({len(symbols)} characters): {config.MAX_SYMBOLS + 1} symbols, more than the "
+                         f"{config.MAX_SYMBOLS} one instance serves")
+    assert feed.feed.handshakes == 0
+
+
+@pytest.mark.parametrize(("budget", "ok"), [("1", False), ("2", True), ("300", True), ("301", False)])
+def test_the_connection_budget_stays_under_binances_limit(budget, ok):
+    argv = ["--bucket", "ok-bucket", "--connect-budget", budget]
+    if ok:
+        assert parse(argv, {}).connect_budget == int(budget)
+    else:
+        with pytest.raises(ConfigError, match="between 2 and 300"):
+            parse(argv, {})
 
 
 def test_help_documents_every_setting_with_its_default():

@@ -1,5 +1,7 @@
+import random
+
 from collector.frames import Trade
-from collector.handover import Handover
+from collector.handover import HANDOVER_SPREAD_SECONDS, Handover, planned_lifetime
 
 
 def t(trade_id: int) -> Trade:
@@ -38,3 +40,13 @@ def test_giving_up_releases_what_was_held_and_leaves_the_gap_visible():
 def test_nothing_delivered_yet_joins_at_once():
     h = Handover(last_id=None)
     assert ids(h.from_new(t(5))) == [5]
+
+
+def test_planned_handovers_fall_at_random_in_the_hour_before_the_lifetime():
+    rng = random.Random(3)
+    lifetimes = [planned_lifetime(84_600, rng) for _ in range(500)]
+    assert all(84_600 - HANDOVER_SPREAD_SECONDS <= x <= 84_600 for x in lifetimes)
+    assert max(lifetimes) - min(lifetimes) > 0.9 * HANDOVER_SPREAD_SECONDS, "spread over the hour"
+    assert len({round(x) for x in lifetimes}) > 400, "connections opened together do not hand over together"
+    short = [planned_lifetime(2, rng) for _ in range(100)]
+    assert all(1 <= x <= 2 for x in short), "a short test lifetime is spread over its second half"

@@ -23,7 +23,7 @@ from cfnlint.api import lint
 
 import stacks.collector_stack
 import userdata
-from collector.config import BINANCE_WS_URL
+from collector.config import BINANCE_WS_URL, MAX_SYMBOLS
 from stacks.application import STACK_NAME, create_app
 from stacks.settings import CONTEXT_KEYS, Settings
 from tests.cdk_support import REPO_ROOT, cdk_context
@@ -437,6 +437,18 @@ def test_bad_context_fails_at_synth_naming_the_key(overrides: dict[str, Any], me
     app = cdk.App(context=cdk_context(**overrides))
     with pytest.raises(ValueError, match=message):
         Settings.from_context(app.node)
+
+
+def test_more_symbols_than_one_instance_serves_fail_at_synth_with_the_limit_in_one_line() -> None:
+    symbols = ",".join(f"S{n:04d}USDT" for n in range(MAX_SYMBOLS + 1))
+    app = cdk.App(context=cdk_context(symbols=symbols))
+    with pytest.raises(ValueError) as error:
+        Settings.from_context(app.node)
+    message = str(error.value)
+    assert f"{MAX_SYMBOLS + 1} symbols, more than the {MAX_SYMBOLS} one instance serves" in message
+    assert "\n" not in message and len(message) < 250
+    at_limit = cdk.App(context=cdk_context(symbols=",".join(symbols.split(",")[:MAX_SYMBOLS])))
+    assert len(Settings.from_context(at_limit.node).symbols) == MAX_SYMBOLS
 
 
 def test_context_strings_from_the_command_line_are_parsed() -> None:

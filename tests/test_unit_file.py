@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 import userdata
-from collector.config import S3_CONNECT_TIMEOUT_SECONDS, S3_READ_TIMEOUT_SECONDS, SHUTDOWN_TIMEOUT
+from collector.config import MAX_SYMBOLS, S3_CONNECT_TIMEOUT_SECONDS, S3_READ_TIMEOUT_SECONDS, SHUTDOWN_TIMEOUT
 from tests.cdk_support import require_tool
 
 MAX_EXPOSURE = 2.0
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _directives(unit: str) -> dict[str, list[str]]:
@@ -64,8 +65,25 @@ def test_unit_runs_the_collector_as_an_unprivileged_restarting_service() -> None
     assert directives["RestartSec"] == ["5"]
     assert directives["StartLimitIntervalSec"] == ["0"]
     assert directives["StateDirectory"] == ["collector"]
+    assert (directives["RuntimeDirectory"], directives["RuntimeDirectoryPreserve"]) == (["collector"], ["restart"])
     assert directives["KillSignal"] == ["SIGTERM"]
     assert directives["WantedBy"] == ["multi-user.target"]
+
+
+def test_security_score_is_the_documented_one(unit_path: Path) -> None:
+    documented = re.search(r"exposure score of \*\*(\d+\.\d+)\*\*", (ROOT / "docs" / "operations.md").read_text())
+    assert documented is not None
+    result = subprocess.run(
+        [require_tool("systemd-analyze"), "security", "--offline=yes", "--no-pager", unit_path.name],
+        cwd=unit_path.parent, capture_output=True, text=True, check=False, timeout=60,
+    )
+    assert f"Overall exposure level for {unit_path.name}: {documented[1]} " in result.stdout, result.stdout
+
+
+def test_descriptor_limit_covers_the_largest_symbol_list_in_a_handover_of_every_symbol() -> None:
+    (limit,) = _directives(userdata.render_unit())["LimitNOFILE"]
+    assert int(limit) == userdata.FDS_PER_SYMBOL * MAX_SYMBOLS + userdata.FDS_BASE
+    assert userdata.FDS_PER_SYMBOL >= 3, "two sockets and a spool file per symbol"
 
 
 def test_stop_timeout_leaves_the_collector_time_to_ship_its_spool() -> None:

@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from collector.config import S3_CONNECT_TIMEOUT_SECONDS, S3_READ_TIMEOUT_SECONDS, SHUTDOWN_TIMEOUT
+from collector.config import MAX_SYMBOLS, S3_CONNECT_TIMEOUT_SECONDS, S3_READ_TIMEOUT_SECONDS, SHUTDOWN_TIMEOUT
 
 # websockets 17 needs Python >= 3.11; 3.11 is also what the test suite runs on.
 PYTHON = "python3.11"
@@ -31,6 +31,12 @@ UNIT_NAME = "collector.service"
 # After the collector's own SHUTDOWN_TIMEOUT: an upload attempt still in flight may run out its timeouts,
 # then the interpreter exits.
 STOP_MARGIN_SECONDS = S3_CONNECT_TIMEOUT_SECONDS + S3_READ_TIMEOUT_SECONDS + 10
+# Descriptors: a symbol holds its socket, its open spool file, and a second socket during its handover (a
+# serverShutdown notice hands every symbol over); the interpreter, the S3 connection pools and the log hold
+# about 20 (measured: 1.6 to 2.1 per symbol plus 20). The unit allows the worst case for the most symbols.
+FDS_PER_SYMBOL = 3
+FDS_BASE = 64
+LIMIT_NOFILE = FDS_PER_SYMBOL * MAX_SYMBOLS + FDS_BASE
 # EC2 rejects raw (pre-base64) user-data above this many bytes; neither synth nor cfn-lint notices.
 USER_DATA_LIMIT = 16_384
 # Longest values the deploy-time tokens can take: S3 allows 63-character bucket names, CloudFormation 128-character
@@ -57,6 +63,7 @@ def render_unit() -> str:
         "VENV_DIR": VENV_DIR,
         "ENV_FILE": ENV_FILE,
         "TIMEOUT_STOP_SEC": str(math.ceil(SHUTDOWN_TIMEOUT) + STOP_MARGIN_SECONDS),
+        "LIMIT_NOFILE": str(LIMIT_NOFILE),
     })
 
 
