@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import math
+import tracemalloc
 from datetime import date
 from itertools import pairwise
 
@@ -22,7 +23,7 @@ from audit.compact import choose_sources, merge_into
 from audit.corroborate import Certificate, Exchange, How, Mode, judge_with
 from audit.coverage import InstanceCoverage, day_coverage
 from audit.days import day_bounds_ms
-from audit.entries import Entry, problems
+from audit.entries import MAX_OBJECT_BYTES, Entry, problems
 from audit.objects import check_object
 from audit.ranges import Hole, Span, holes_between, merge, total
 from collector import manifest
@@ -329,6 +330,31 @@ def test_a_line_that_is_not_a_trade_event_is_a_problem(line):
 def test_a_line_whose_trade_id_is_not_a_number_is_a_problem_not_an_exception():
     entry, body = _object([*_lines([100]), b'{"t": "101", "T": 5}'])
     assert "line 2 is not a trade event" in check_object(entry, body, SYMBOL).problems
+
+
+def test_a_gzip_bomb_is_inflated_no_further_than_its_manifest_says_in_bounded_memory():
+    stream = io.BytesIO()
+    with gzip.GzipFile(fileobj=stream, mode="wb", compresslevel=1, mtime=0) as bomb:
+        for _ in range(256):
+            bomb.write(bytes(1 << 20))  # 256 MiB of zeros in some 250 KB
+    entry, _ = _object(_lines([100, 101, 102]))
+    entry = dataclasses.replace(entry, compressed_bytes=len(stream.getvalue()),
+                                sha256=hashlib.sha256(stream.getvalue()).hexdigest())
+    tracemalloc.start()
+    try:
+        found = check_object(entry, stream.getvalue(), SYMBOL).problems
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert found == [f"more than {entry.uncompressed_bytes} bytes uncompressed, manifest says "
+                     f"{entry.uncompressed_bytes}"]
+    assert peak < 4 << 20  # a chunk of inflated bytes, not the bomb
+
+
+def test_a_manifest_describing_an_object_over_the_audit_s_cap_is_not_believed():
+    _, key, doc = _manifest()
+    doc["payload"]["uncompressed_bytes"] = MAX_OBJECT_BYTES + 1
+    assert problems(key, doc, symbol=SYMBOL) == [f"describes an object over the audit's {MAX_OBJECT_BYTES}-byte cap"]
 
 
 # 5. backfill
