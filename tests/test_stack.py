@@ -150,6 +150,13 @@ def test_the_policy_denies_the_role_nothing_but_put_object(template_json: dict[s
     assert granted == {"s3:PutObject"}
 
 
+def test_the_operations_page_lists_exactly_the_bucket_s_denials(template_json: dict[str, Any]) -> None:
+    (policy,) = _resources(template_json, "AWS::S3::BucketPolicy").values()
+    sids = [s["Sid"] for s in policy["Properties"]["PolicyDocument"]["Statement"] if "Sid" in s]
+    page = (REPO_ROOT / "docs" / "operations.md").read_text()
+    assert re.findall(r"^\| `(Deny\w+)` \|", page, re.MULTILINE) == sids
+
+
 def test_destroy_data_flag_opts_into_deleting_the_bucket(opt_in_template: Template) -> None:
     opt_in_template.has_resource("AWS::S3::Bucket", {"DeletionPolicy": "Delete"})
     opt_in_template.resource_count_is("Custom::S3AutoDeleteObjects", 1)
