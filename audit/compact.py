@@ -103,7 +103,8 @@ class Merged:
     gaps: list[Hole] = field(default_factory=list)  # id jumps between the lines written
     last_before: Seen | None = None  # the last line before the day, in id order
     first_after: Seen | None = None  # the first line after the day
-    edges_vouched: dict[int, How | None] = field(default_factory=dict)  # how last_before and first_after were
+    last_before_how: How | None = None  # what vouches for those two
+    first_after_how: How | None = None
     quarantined: dict[str, str] = field(default_factory=dict)  # data key → why it was left out
 
     def holes(self) -> list[Hole]:
@@ -128,8 +129,9 @@ class Merged:
     def uncorroborated(self) -> list[tuple[int, int]]:
         """Runs of ids whose lines nothing vouches for: the day's, and the lines that close its edges."""
         runs = [(first, last) for first, last in self.certificate.uncorroborated]
-        edges = [(seen.trade_id, seen.trade_id) for seen in (self.last_before, self.first_after)
-                 if seen is not None and self.edges_vouched.get(seen.trade_id) not in CERTIFIED]
+        edges = [(seen.trade_id, seen.trade_id) for seen, how in ((self.last_before, self.last_before_how),
+                                                                 (self.first_after, self.first_after_how))
+                 if seen is not None and how not in CERTIFIED]
         joined: list[tuple[int, int]] = []
         for first, last in sorted(runs + edges):
             if joined and first == joined[-1][1] + 1:
@@ -172,24 +174,25 @@ def merge_into(out: BinaryIO, bodies: Iterable[tuple[int, Entry, bytes]], symbol
         trade_id = heap[0][0]
         copies = []
         while heap and heap[0][0] == trade_id:
-            _, rank, (_, trade_time, event_time, line), lines, entry = heapq.heappop(heap)
+            _, rank, (_, trade_time, event_time, line), lines, entry = heap[0]
             copies.append(Copy(entry.instance_id, entry.data_key, trade_time, event_time, line))
             following = next(lines, None)
-            if following is not None:
-                heapq.heappush(heap, (following[0], rank, following, lines, entry))
+            if following is None:
+                heapq.heappop(heap)
+            else:  # its next id is above this one: it takes the popped place in one sift
+                heapq.heapreplace(heap, (following[0], rank, following, lines, entry))
         decision = judge(trade_id, copies)
-        certificate.dispute(trade_id, decision)
+        if decision.lost:
+            certificate.dispute(trade_id, decision)
         if decision.line is None:  # no such trade: the id stays a hole
             continue
         seen = Seen(trade_id, decision.trade_time)
         if decision.trade_time < start_ms:
             if m.first is None:
-                m.last_before = seen
-                m.edges_vouched[trade_id] = decision.how
+                m.last_before, m.last_before_how = seen, decision.how
             continue
         if decision.trade_time >= end_ms:
-            m.first_after = seen
-            m.edges_vouched[trade_id] = decision.how
+            m.first_after, m.first_after_how = seen, decision.how
             continue
         if m.last is not None and trade_id > m.last.trade_id + 1:
             m.gaps.append(Hole(m.last.trade_id + 1, trade_id - 1, m.last.trade_time, decision.trade_time))

@@ -78,15 +78,27 @@ class Unasked(NamedTuple):
 Answer = dict[str, Any] | Missing | Unasked  # a historicalTrades record, or why there is none
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):  # a tuple: made once per id, on the merge's hot path
     line: bytes | None  # None: the exchange refuted every copy, the id is left out
     trade_time: int
     event_time: int
     how: How | None
     resolution: str | None = None  # set when a copy lost: "exchange", "majority" or "unresolved"
-    kept: tuple[str, ...] = ()  # the replicas whose copy was kept
+    kept: tuple[str, ...] = ()  # when a copy lost: the replicas whose copy was kept
     lost: tuple[Copy, ...] = ()
+
+
+def _agreed(copies: Sequence[Copy]) -> bool:
+    """Identical bytes from two or more distinct replicas, and no backfill: the common case, nothing to decide."""
+    first = copies[0]
+    if first.instance_id == BACKFILL_INSTANCE:
+        return False
+    distinct = False
+    for copy in copies:
+        if copy.line != first.line or copy.instance_id == BACKFILL_INSTANCE:
+            return False
+        distinct = distinct or copy.instance_id != first.instance_id
+    return distinct
 
 
 def _versions(copies: Sequence[Copy]) -> dict[bytes, list[Copy]]:
@@ -198,6 +210,9 @@ def judge_with(mode: Mode, exchange: Exchange, symbol: str) -> Judge:
     """Decides each id, asking `exchange` where `mode` says to."""
 
     def judge(trade_id: int, copies: Sequence[Copy]) -> Decision:
+        if mode is not Mode.ALL and _agreed(copies):  # what decide() would say, without its bookkeeping
+            first = copies[0]
+            return Decision(first.line, first.trade_time, first.event_time, How.REPLICAS)
         return decide(copies, exchange.answer(trade_id) if needs_exchange(copies, mode) else Unasked(), symbol)
 
     return judge
@@ -228,8 +243,6 @@ class Certificate:
 
     def dispute(self, trade_id: int, decision: Decision) -> None:
         """Record a decision in which some copy lost, naming the losers."""
-        if not decision.lost:
-            return
         self.disagreements_total += 1
         for instance in {c.instance_id for c in decision.lost}:
             self.overruled[instance] += 1

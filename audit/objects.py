@@ -84,7 +84,8 @@ def check_object(entry: Entry, body: bytes, symbol: str) -> ObjectCheck:
     if len(lines) != entry.record_count:
         problems.append(f"{len(lines)} lines, manifest says {entry.record_count}")
     spans, trades = result.spans, result.trades
-    previous = -1
+    previous, previous_time = -1, 0
+    run: tuple[int, int] | None = None  # first id and time of the run of consecutive ids being read
     for number, line in enumerate(lines, 1):
         trade = parse_message(line, True, symbol)
         if type(trade) is not Trade:
@@ -95,11 +96,14 @@ def check_object(entry: Entry, body: bytes, symbol: str) -> ObjectCheck:
             problems.append(f"line {number}: trade id {trade_id} after {previous}")
             return result
         trades.append((trade_id, trade_time, trade.event_time, line))
-        if spans and trade_id == previous + 1:
-            spans[-1] = spans[-1]._replace(last=trade_id, last_time=trade_time)
-        else:
-            spans.append(Span(trade_id, trade_id, trade_time, trade_time))
-        previous = trade_id
+        if run is not None and trade_id != previous + 1:
+            spans.append(Span(run[0], previous, run[1], previous_time))
+            run = None
+        if run is None:
+            run = trade_id, trade_time
+        previous, previous_time = trade_id, trade_time
+    if run is not None:
+        spans.append(Span(run[0], previous, run[1], previous_time))
     if spans and (spans[0].first, spans[-1].last) != (entry.first_trade_id, entry.last_trade_id):
         problems.append(f"ids {spans[0].first}..{spans[-1].last}, manifest says "
                         f"{entry.first_trade_id}..{entry.last_trade_id}")
