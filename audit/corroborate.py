@@ -233,13 +233,10 @@ class Certificate:
         """One line of the day, kept as `how` vouches."""
         self.counts[how] += 1
         if how not in CERTIFIED:
-            self.mark_uncorroborated(trade_id)
-
-    def mark_uncorroborated(self, trade_id: int) -> None:
-        if self.uncorroborated and self.uncorroborated[-1][1] + 1 == trade_id:
-            self.uncorroborated[-1][1] = trade_id
-        elif not self.uncorroborated or self.uncorroborated[-1][1] != trade_id:
-            self.uncorroborated.append([trade_id, trade_id])
+            if self.uncorroborated and self.uncorroborated[-1][1] + 1 == trade_id:
+                self.uncorroborated[-1][1] = trade_id
+            else:
+                self.uncorroborated.append([trade_id, trade_id])
 
     def dispute(self, trade_id: int, decision: Decision) -> None:
         """Record a decision in which some copy lost, naming the losers."""
