@@ -24,6 +24,7 @@ from isal import igzip
 from audit.binance_rest import PAGE_LIMIT, BackfillError, HistoricalTrades
 from audit.bucket import read
 from audit.coverage import DayCoverage
+from audit.entries import MANIFEST_MAX_BYTES
 from audit.files import cut
 from audit.ranges import Hole
 from collector import manifest
@@ -182,7 +183,7 @@ def store(s3: Any, bucket: str, symbol: str, records: Iterable[dict[str, Any]], 
         manifest_key = part.key(BACKFILL_PREFIX, MANIFEST_SUFFIX)
         if not _put_new(s3, bucket, manifest_key, manifest.encode(doc), "application/json"):
             # Left by an earlier run for these same bytes; anything else there is not ours to overwrite.
-            there = msgspec.json.decode(read(s3, bucket, manifest_key))
+            there = msgspec.json.decode(read(s3, bucket, manifest_key, limit=MANIFEST_MAX_BYTES))
             if there.get("payload", {}).get("sha256") != sha256:
                 raise BackfillError(f"s3://{bucket}/{manifest_key} describes other bytes than {data_key}")
         log.info("backfilled s3://%s/%s: ids %d..%d", bucket, data_key, spool.stats.first_trade_id,

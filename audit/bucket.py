@@ -56,6 +56,12 @@ def list_objects(s3: Any, bucket: str, prefixes: list[str], *, quiet: bool) -> d
     return sizes
 
 
-def read(s3: Any, bucket: str, key: str) -> bytes:
-    return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+def read(s3: Any, bucket: str, key: str, *, limit: int) -> bytes:
+    """The object's bytes, but never more than `limit + 1` of them: whoever expects `limit` bytes sees that
+    there are more without holding them."""
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+    try:
+        return body.read(limit + 1)
+    finally:
+        body.close()
 

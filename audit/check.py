@@ -12,7 +12,7 @@ import msgspec
 from audit import bucket
 from audit.coverage import DayCoverage, day_coverage
 from audit.days import day_bounds_ms, hours_to_read
-from audit.entries import Entry, expected_data_key, problems
+from audit.entries import MANIFEST_MAX_BYTES, Entry, expected_data_key, problems
 from audit.objects import ObjectCheck, check_object
 from audit.ranges import Span
 from collector.keys import BACKFILL_PREFIX, DATA_PREFIX, DATA_SUFFIX, MANIFEST_PREFIX, MANIFEST_SUFFIX, hour_prefix
@@ -64,8 +64,12 @@ def _believe(key: str, body: bytes, symbol: str, sizes: dict[str, int]) -> Entry
 def _read_manifests(s3: Any, name: str, keys: list[str], symbol: str, sizes: dict[str, int], quiet: bool
                     ) -> tuple[list[Entry], dict[str, list[str]]]:
     # Each worker parses and checks what it read, so that the checking overlaps the other requests' waits.
-    results = bucket.concurrently(lambda key: _believe(key, bucket.read(s3, name, key), symbol, sizes), keys,
-                                  desc="manifests", quiet=quiet)
+    def one(key: str) -> Entry | list[str]:
+        if sizes[key] > MANIFEST_MAX_BYTES:
+            return [f"{sizes[key]} bytes, over the {MANIFEST_MAX_BYTES}-byte cap for a manifest (not read)"]
+        return _believe(key, bucket.read(s3, name, key, limit=MANIFEST_MAX_BYTES), symbol, sizes)
+
+    results = bucket.concurrently(one, keys, desc="manifests", quiet=quiet)
     entries = [r for r in results if isinstance(r, Entry)]
     rejected = {key: r for key, r in zip(keys, results, strict=True) if not isinstance(r, Entry)}
     return entries, rejected
@@ -74,8 +78,8 @@ def _read_manifests(s3: Any, name: str, keys: list[str], symbol: str, sizes: dic
 def _check_objects(s3: Any, name: str, entries: list[Entry], symbol: str, desc: str, quiet: bool
                    ) -> list[ObjectCheck]:
     def one(entry: Entry) -> ObjectCheck:
-        result = check_object(entry, bucket.read(s3, name, entry.data_key), symbol)
-        result.lines = []  # keep memory to what the audit needs: the spans
+        result = check_object(entry, bucket.read(s3, name, entry.data_key, limit=entry.compressed_bytes), symbol)
+        result.trades = []  # keep memory to what the audit needs: the spans
         return result
 
     return bucket.concurrently(one, entries, desc=desc, quiet=quiet)

@@ -1,12 +1,15 @@
-"""`python -m audit compact`: one deduplicated, id-ordered day per symbol under curated/.
+"""`python -m audit compact`: one deduplicated, id-ordered, corroborated day per symbol under curated/.
 
 The data objects of every replica and of the backfill are merged by trade id, streaming: objects are opened
 in order of their first id, so only those that overlap the merge point are open at once, and a bounded window
-of them is fetched ahead. Lines stay byte-identical to the raw ones; where two sources hold different bytes for
-one id, the first source wins (replicas before the backfill, then by instance and key) and it is reported.
-The curated manifest certifies `complete: true` or lists the holes. The output is deterministic (same
-sources, same bytes), and its data object is named by its sha256, so a re-run never leaves a manifest that
-describes other bytes than those it names.
+of them is fetched ahead. Each object is checked whole against its manifest as it is opened; one that is not
+what its manifest says (sha256, sizes, ids, a line that is not a trade, ids going back) is quarantined, named
+in the manifest, and the other sources stand in for it. All copies of an id are decided together
+(`audit.corroborate`): lines stay byte-identical to a raw one (or are the exchange's, where it overrules every
+replica). The curated manifest certifies `complete: true` only when no id of the day is missing and every line
+is corroborated; otherwise it lists the holes and the uncorroborated ids. The output is deterministic (same
+sources and answers, same bytes), and its data object is named by its sha256, so a re-run never leaves a
+manifest that describes other bytes than those it names.
 """
 
 from __future__ import annotations
@@ -24,16 +27,27 @@ from typing import Any, BinaryIO, NamedTuple
 
 import msgspec
 from botocore.exceptions import ClientError
-from isal import igzip
 
 from audit import bucket
+from audit.binance_rest import HistoricalTrades
 from audit.check import Audit
+from audit.corroborate import (
+    CERTIFIED,
+    DEFAULT_MODE,
+    Certificate,
+    Copy,
+    Exchange,
+    How,
+    Judge,
+    Mode,
+    judge_with,
+)
 from audit.days import reaches_into
-from audit.entries import Entry, instance_order
+from audit.entries import MAX_OBJECT_BYTES, Entry, instance_order
+from audit.objects import Line, check_object
 from audit.ranges import Hole
 from collector import manifest
 from collector.config import GZIP_LEVEL
-from collector.frames import Trade, parse_message
 from collector.keys import EXCHANGE, STREAM, curated_data_key, curated_manifest_key
 from collector.manifest import SCHEMA_VERSION, iso_millis
 from collector.spool import open_gzip
@@ -41,17 +55,12 @@ from collector.spool import open_gzip
 # Objects fetched ahead of the merge point: enough to hide S3's latency, few enough to bound memory
 # (a data object is at most 2 MiB of JSONL, a fraction of that compressed).
 PREFETCH = 32
-DISAGREEMENT_SAMPLE = 20
 CURATED_KIND = "curated-day"
 
 
-class BadObject(Exception):
-    """A data object whose sha256 is its manifest's but whose lines cannot be merged: a line that is not a
-    trade event, or lines that go back in trade id."""
-
-
 def source_order(entry: Entry) -> tuple[tuple[bool, str], str]:
-    """Which source wins for an id several hold: replicas before the backfill, then by instance, then key."""
+    """The order of the copies of an id, which breaks ties between equally supported ones: replicas by
+    instance, then the backfill, then by key."""
     return instance_order(entry.instance_id), entry.data_key
 
 
@@ -81,6 +90,7 @@ class Seen(NamedTuple):
 class Merged:
     """What the merge saw, beside the lines it wrote."""
 
+    certificate: Certificate
     records: int = 0
     first: Seen | None = None  # first and last line written
     last: Seen | None = None
@@ -90,12 +100,12 @@ class Merged:
     max_trade_time: int | None = None
     uncompressed_bytes: int = 0
     duplicates_dropped: int = 0
-    disagreements: int = 0
-    disagreement_sample: list[dict[str, Any]] = field(default_factory=list)
     gaps: list[Hole] = field(default_factory=list)  # id jumps between the lines written
     last_before: Seen | None = None  # the last line before the day, in id order
     first_after: Seen | None = None  # the first line after the day
-    damaged: list[str] = field(default_factory=list)  # data keys left out: sha256 or first id not the manifest's
+    last_before_how: How | None = None  # what vouches for those two
+    first_after_how: How | None = None
+    quarantined: dict[str, str] = field(default_factory=dict)  # data key → why it was left out
 
     def holes(self) -> list[Hole]:
         """Every range of the day's ids the output lacks; an edge is closed when the line on the other side of
@@ -116,92 +126,92 @@ class Merged:
                               self.last.trade_time, None if fa is None else fa.trade_time))
         return holes
 
+    def uncorroborated(self) -> list[tuple[int, int]]:
+        """Runs of ids whose lines nothing vouches for: the day's, and the lines that close its edges."""
+        runs = [(first, last) for first, last in self.certificate.uncorroborated]
+        edges = [(seen.trade_id, seen.trade_id) for seen, how in ((self.last_before, self.last_before_how),
+                                                                 (self.first_after, self.first_after_how))
+                 if seen is not None and how not in CERTIFIED]
+        joined: list[tuple[int, int]] = []
+        for first, last in sorted(runs + edges):
+            if joined and first == joined[-1][1] + 1:
+                joined[-1] = (joined[-1][0], last)
+            else:
+                joined.append((first, last))
+        return joined
 
-Line = tuple[int, int, int, bytes]  # trade id, T, E, the line
 
-
-def _lines(body: bytes, symbol: str, key: str) -> Iterator[Line]:
-    for number, line in enumerate(igzip.decompress(body).splitlines(), 1):
-        trade = parse_message(line, True, symbol)
-        if type(trade) is not Trade:
-            raise BadObject(f"{key}: line {number} is not a {symbol} trade event")
-        yield trade.trade_id, trade.trade_time, trade.event_time, line
-
-
-def _opened(entry: Entry, body: bytes, symbol: str, m: Merged) -> tuple[Line, Iterator[Line]] | None:
-    """The object's first line and the rest, or None (and the key in `m.damaged`) when it is not what its
-    manifest says: those ids are taken from the other sources."""
-    if hashlib.sha256(body).hexdigest() != entry.sha256:
-        m.damaged.append(entry.data_key)
+def _opened(entry: Entry, body: bytes, symbol: str, m: Merged) -> Iterator[Line] | None:
+    """The object's lines, or None (and the key in `m.quarantined`) when it is not what its manifest says:
+    those ids are taken from the other sources."""
+    checked = check_object(entry, body, symbol)
+    if checked.problems:
+        m.quarantined[entry.data_key] = "; ".join(checked.problems)
         return None
-    lines = _lines(body, symbol, entry.data_key)
-    first = next(lines, None)
-    if first is None or first[0] != entry.first_trade_id:
-        m.damaged.append(entry.data_key)
-        return None
-    return first, lines
+    return iter(checked.trades)
 
 
 def merge_into(out: BinaryIO, bodies: Iterable[tuple[int, Entry, bytes]], symbol: str, start_ms: int,
-               end_ms: int) -> Merged:
-    """Write the day's lines of `bodies` (given in order of first id; the int ranks the source, lower wins)
-    to `out`, each id once, in id order. No S3 here."""
-    m = Merged()
-    heap: list[tuple[int, int, int, int, bytes, Iterator[Line], str]] = []
+               end_ms: int, *, judge: Judge, certificate: Certificate) -> Merged:
+    """Write the day's lines of `bodies` (given in order of first id; the int ranks the source, lower first)
+    to `out`, each id once, in id order, as `judge` decides from all the copies of it. No S3 here."""
+    m = Merged(certificate)
+    heap: list[tuple[int, int, Line, Iterator[Line], Entry]] = []
     pending = iter(bodies)
     nxt = next(pending, None)
-    written: tuple[int, bytes, str] | None = None  # the last id written, its line and source: a repeat follows it
-    last_id = -1  # the last id taken from the heap, written or not
-    while heap or nxt is not None:
-        # Open every object that starts at or before the merge point before taking the next line.
+    # Nothing after the first trade past midnight bears on the day (ids grow with trade time): stop there.
+    while (heap or nxt is not None) and m.first_after is None:
+        # Open every object that starts at or before the merge point: then every copy of that id is at hand.
         while nxt is not None and (not heap or nxt[1].first_trade_id <= heap[0][0]):
             rank, entry, body = nxt
-            opened = _opened(entry, body, symbol, m)
-            if opened is not None:
-                (trade_id, trade_time, event_time, line), lines = opened
-                heapq.heappush(heap, (trade_id, rank, trade_time, event_time, line, lines, entry.data_key))
+            lines = _opened(entry, body, symbol, m)
+            first = None if lines is None else next(lines, None)
+            if lines is not None and first is not None:
+                heapq.heappush(heap, (first[0], rank, first, lines, entry))
             nxt = next(pending, None)
         if not heap:
             continue
-        trade_id, rank, trade_time, event_time, line, lines, key = heapq.heappop(heap)
-        following = next(lines, None)
-        if following is not None:
-            if following[0] <= trade_id:
-                raise BadObject(f"{key}: trade id {following[0]} after {trade_id} (not in trade-id order)")
-            heapq.heappush(heap, (following[0], rank, following[1], following[2], following[3], lines, key))
-        if trade_id == last_id:
-            if written is not None and written[0] == trade_id:
-                m.duplicates_dropped += 1
-                if line != written[1]:
-                    m.disagreements += 1
-                    if len(m.disagreement_sample) < DISAGREEMENT_SAMPLE:
-                        m.disagreement_sample.append({"trade_id": trade_id, "kept": written[2], "dropped": key})
+        trade_id = heap[0][0]
+        copies = []
+        while heap and heap[0][0] == trade_id:
+            _, rank, (_, trade_time, event_time, line), lines, entry = heap[0]
+            copies.append(Copy(entry.instance_id, entry.data_key, trade_time, event_time, line))
+            following = next(lines, None)
+            if following is None:
+                heapq.heappop(heap)
+            else:  # its next id is above this one: it takes the popped place in one sift
+                heapq.heapreplace(heap, (following[0], rank, following, lines, entry))
+        decision = judge(trade_id, copies)
+        if decision.lost:
+            certificate.dispute(trade_id, decision)
+        if decision.line is None:  # no such trade: the id stays a hole
             continue
-        last_id = trade_id
-        seen = Seen(trade_id, trade_time)
-        if trade_time < start_ms:
+        seen = Seen(trade_id, decision.trade_time)
+        if decision.trade_time < start_ms:
             if m.first is None:
-                m.last_before = seen
+                m.last_before, m.last_before_how = seen, decision.how
             continue
-        if trade_time >= end_ms:
-            if m.first_after is None:
-                m.first_after = seen
+        if decision.trade_time >= end_ms:
+            m.first_after, m.first_after_how = seen, decision.how
             continue
         if m.last is not None and trade_id > m.last.trade_id + 1:
-            m.gaps.append(Hole(m.last.trade_id + 1, trade_id - 1, m.last.trade_time, trade_time))
-        out.write(line + b"\n")
-        written = (trade_id, line, key)
+            m.gaps.append(Hole(m.last.trade_id + 1, trade_id - 1, m.last.trade_time, decision.trade_time))
+        out.write(decision.line + b"\n")
+        assert decision.how is not None
+        certificate.count(trade_id, decision.how)
+        m.duplicates_dropped += len(copies) - 1
         m.records += 1
-        m.uncompressed_bytes += len(line) + 1
+        m.uncompressed_bytes += len(decision.line) + 1
+        event_time = decision.event_time
         if m.first is None:
             m.first = seen
             m.min_event_time = m.max_event_time = event_time
-            m.min_trade_time = m.max_trade_time = trade_time
+            m.min_trade_time = m.max_trade_time = decision.trade_time
         m.last = seen
         m.min_event_time = min(m.min_event_time, event_time)  # type: ignore[type-var]
         m.max_event_time = max(m.max_event_time, event_time)  # type: ignore[type-var]
-        m.min_trade_time = min(m.min_trade_time, trade_time)  # type: ignore[type-var]
-        m.max_trade_time = max(m.max_trade_time, trade_time)  # type: ignore[type-var]
+        m.min_trade_time = min(m.min_trade_time, decision.trade_time)  # type: ignore[type-var]
+        m.max_trade_time = max(m.max_trade_time, decision.trade_time)  # type: ignore[type-var]
     return m
 
 
@@ -215,7 +225,8 @@ def _fetch_in_order(s3: Any, name: str, entries: list[Entry]) -> Iterator[tuple[
         def fetch_next() -> None:
             entry = next(todo, None)
             if entry is not None:
-                window.append((entry, pool.submit(bucket.read, s3, name, entry.data_key)))
+                window.append((entry, pool.submit(bucket.read, s3, name, entry.data_key,
+                                                  limit=entry.compressed_bytes)))
 
         for _ in range(PREFETCH):
             fetch_next()
@@ -235,31 +246,38 @@ class Curated:
 
 def _previous_data_key(s3: Any, name: str, manifest_key: str) -> str | None:
     try:
-        return msgspec.json.decode(bucket.read(s3, name, manifest_key))["payload"]["key"]
+        return msgspec.json.decode(bucket.read(s3, name, manifest_key, limit=MAX_OBJECT_BYTES))["payload"]["key"]
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
             return None
         raise
 
 
-def run(s3: Any, audit: Audit, *, quiet: bool = False, now_ms: int | None = None) -> Curated:
+def run(s3: Any, audit: Audit, *, mode: Mode = DEFAULT_MODE, history: HistoricalTrades | None = None,
+        quiet: bool = False, now_ms: int | None = None) -> Curated:
+    """Compact `audit`'s day; `history` is asked what `mode` says (None: the exchange cannot be asked)."""
     started = time.monotonic()
     cov = audit.coverage
     sources = choose_sources(audit.entries, cov.start_ms, cov.end_ms)
     manifest_key = curated_manifest_key(audit.symbol, audit.day)
+    exchange = Exchange(None if history is None else lambda from_id, limit: history.page(audit.symbol, from_id,
+                                                                                         limit))
     with tempfile.TemporaryDirectory(prefix="curated-") as tmp:
         path = Path(tmp) / "day.jsonl.gz"
         with path.open("wb") as raw, open_gzip(raw, GZIP_LEVEL) as out:
             bodies = bucket.progress(_fetch_in_order(s3, audit.bucket, sources), total=len(sources),
                                      desc="merging", quiet=quiet)
-            merged = merge_into(out, bodies, audit.symbol, cov.start_ms, cov.end_ms)
+            merged = merge_into(out, bodies, audit.symbol, cov.start_ms, cov.end_ms,
+                                judge=judge_with(mode, exchange, audit.symbol), certificate=Certificate(mode))
         digest = hashlib.sha256()
         with path.open("rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
         data_key = curated_data_key(audit.symbol, audit.day, digest.hexdigest())
+        asked = {"ids_asked": exchange.ids_asked, "calls": 0 if history is None else history.calls,
+                 "weight": 0 if history is None else history.weight_used, "unreachable": exchange.unreachable}
         doc = curated_manifest(audit, data_key, merged, path.stat().st_size, digest.hexdigest(),
-                               int(time.time() * 1000) if now_ms is None else now_ms, len(sources))
+                               int(time.time() * 1000) if now_ms is None else now_ms, len(sources), asked)
         previous = _previous_data_key(s3, audit.bucket, manifest_key)
         s3.upload_file(str(path), audit.bucket, data_key,
                        ExtraArgs={"ServerSideEncryption": "AES256", "ContentType": "application/gzip"})
@@ -272,8 +290,10 @@ def run(s3: Any, audit: Audit, *, quiet: bool = False, now_ms: int | None = None
 
 
 def curated_manifest(audit: Audit, data_key: str, m: Merged, compressed_bytes: int, sha256: str,
-                     created_at_ms: int, objects: int) -> dict[str, Any]:
+                     created_at_ms: int, objects: int, exchange: dict[str, Any]) -> dict[str, Any]:
     holes = m.holes()
+    uncorroborated = m.uncorroborated()
+    damaged = {**{key: "; ".join(problems) for key, problems in audit.mismatches.items()}, **m.quarantined}
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": CURATED_KIND,
@@ -288,11 +308,11 @@ def curated_manifest(audit: Audit, data_key: str, m: Merged, compressed_bytes: i
             "last_trade_id": m.last.trade_id if m.last else None,
             "uncompressed_bytes": m.uncompressed_bytes, "compressed_bytes": compressed_bytes, "sha256": sha256,
         },
-        "complete": not holes,
+        "complete": not holes and not uncorroborated,
         "holes": [h._asdict() for h in holes],
-        "quality": {"duplicates_dropped": m.duplicates_dropped, "disagreements": m.disagreements,
-                    "disagreement_sample": m.disagreement_sample,
+        "corroboration": m.certificate.as_json(uncorroborated, exchange),
+        "quality": {"duplicates_dropped": m.duplicates_dropped,
                     "rejected_manifests": sorted(audit.rejected),
-                    "damaged_objects": sorted({*audit.mismatches, *m.damaged})},
+                    "damaged_objects": [{"key": key, "reason": damaged[key]} for key in sorted(damaged)]},
         "created_at": iso_millis(created_at_ms),
     }

@@ -22,6 +22,12 @@ from collector.keys import (
 )
 from collector.manifest import SCHEMA_PATH
 
+# A collector's manifest is about 1 KiB; anything listed larger is rejected without being read.
+MANIFEST_MAX_BYTES = 16 * 1024
+# The largest data object a manifest may describe, compressed or not. The collector cuts files at 2 MiB
+# (collector.config.ROTATE_BYTES); this leaves room for a larger COLLECTOR_ROTATE_BYTES.
+MAX_OBJECT_BYTES = 64 << 20
+
 _NAME_RE = re.compile(r"^part-(?P<instance>.+)-\d{8}T\d{9}Z" + re.escape(MANIFEST_SUFFIX) + "$")
 
 
@@ -105,4 +111,6 @@ def problems(manifest_key: str, doc: object, *, symbol: str) -> list[str]:
         found.append("first/last trade id or min/max trade time out of order")
     elif p["last_trade_id"] - p["first_trade_id"] + 1 < p["record_count"]:
         found.append(f"{p['record_count']} records cannot fit ids {p['first_trade_id']}..{p['last_trade_id']}")
+    if max(p["compressed_bytes"], p["uncompressed_bytes"]) > MAX_OBJECT_BYTES:
+        found.append(f"describes an object over the audit's {MAX_OBJECT_BYTES}-byte cap")
     return found

@@ -111,3 +111,31 @@ def as_json(audit: Audit) -> dict[str, Any]:
         "mismatches": audit.mismatches,
         "seconds": round(audit.seconds, 3),
     }
+
+
+_VOUCHED = {"replicas": "by 2+ replicas", "replica_and_exchange": "by 1 replica + the exchange",
+            "exchange": "by the exchange alone", "majority": "by a majority of replicas (exchange not asked)",
+            "uncorroborated": "uncorroborated"}
+
+
+def curated(doc: dict[str, Any], seconds: float) -> str:
+    """What `compact` made of the day, from its manifest."""
+    p, c, q = doc["payload"], doc["corroboration"], doc["quality"]
+    uncorroborated = sum(run["last"] - run["first"] + 1 for run in c["uncorroborated"])
+    if doc["complete"]:
+        state = "complete"
+    else:
+        state = f"INCOMPLETE, {len(doc['holes'])} hole(s), {uncorroborated} uncorroborated id(s)"
+    counts = ", ".join(f"{n} {_VOUCHED[how]}" for how, n in c["counts"].items() if n)
+    ex = c["exchange"]
+    lines = [f"compact: s3://{p['bucket']}/{p['key']}: {p['record_count']} trades, ids {p['first_trade_id']}.."
+             f"{p['last_trade_id']}, {state}; {q['duplicates_dropped']} duplicates dropped, in {seconds:.1f} s",
+             f"  corroborated ({c['mode']}): {counts or 'no trades'}; {c['disagreements_total']} disagreement(s); "
+             f"exchange asked about {ex['ids_asked']} id(s) in {ex['calls']} call(s) ({ex['weight']} weight)"]
+    if ex["unreachable"]:
+        lines.append(f"  the exchange could not be asked: {ex['unreachable']}")
+    lines += [f"  {describe_hole(Hole(**hole))}" for hole in doc["holes"]]
+    lines += [f"  ids {run['first']}..{run['last']}: uncorroborated" for run in c["uncorroborated"]]
+    lines += [f"  overruled: {instance} lost on {n} id(s)" for instance, n in c["overruled"].items()]
+    lines += [f"  left out: {d['key']}: {d['reason']}" for d in q["damaged_objects"]]
+    return "\n".join(lines)

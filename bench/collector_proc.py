@@ -7,6 +7,7 @@ from pathlib import Path
 
 from bench.procs import Child, python_env
 from bench.procstat import Sample
+from collector.config import ALLOW_INSECURE_WS_ENV
 from sandbox.local_s3 import LocalS3
 
 INSTANCE_ID = "bench"
@@ -26,6 +27,7 @@ class CollectorProc(Child):
         env = python_env(
             **s3.env(), COLLECTOR_BUCKET=bucket, COLLECTOR_SYMBOLS=",".join(symbols), COLLECTOR_WS_URL=url,
             COLLECTOR_SPOOL_DIR=str(spool), COLLECTOR_INSTANCE_ID=INSTANCE_ID, COLLECTOR_WS_COMPRESSION=compression,
+            **{ALLOW_INSECURE_WS_ENV: "1"},  # the local feed is ws://
         )
         if lag_report is not None:
             env[LAG_REPORT_ENV] = str(lag_report)

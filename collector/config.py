@@ -48,6 +48,8 @@ CONNECT_WINDOW = 300.0
 MAX_SYMBOLS = 500
 # In systemd's RuntimeDirectory=, which the unit keeps across restarts.
 CONNECT_STATE_FILE = "connect-budget.json"
+# Set to 1 where the collector reads a local ws:// feed (the sandbox, the tests, the benchmark); never on AWS.
+ALLOW_INSECURE_WS_ENV = "COLLECTOR_ALLOW_INSECURE_WS"
 
 _SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}$")
 _INSTANCE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -63,6 +65,7 @@ class Config:
     bucket: str
     symbols: tuple[str, ...]
     ws_url: str
+    allow_insecure_ws: bool
     instance_id: str
     spool_dir: Path
     rotate_bytes: int
@@ -126,6 +129,12 @@ def _ws_url(text: str) -> str:
     if not re.fullmatch(r"wss?://[^/\s]+(/[^\s]*)?", text):
         raise ValueError("must be a ws:// or wss:// URL")
     return text.rstrip("/")
+
+
+def _yes_no(text: str) -> bool:
+    if text in ("1", "0"):
+        return text == "1"
+    raise ValueError("must be 1 or 0")
 
 
 def _instance_id(text: str) -> str:
@@ -201,6 +210,8 @@ def _options(environ: Mapping[str, str]) -> list[_Option]:
         _Option("bucket", bucket_name, None, "destination S3 bucket (required)"),
         _Option("symbols", symbol_list, "BTCUSDT", "comma-separated symbols, case-insensitive"),
         _Option("ws_url", _ws_url, BINANCE_WS_URL, "base URL; /ws/<symbol>@trade is appended"),
+        _Option("allow_insecure_ws", _yes_no, "0",
+                "1 accepts a ws:// URL (unencrypted: for a local feed, as in the sandbox and the tests)"),
         _Option("instance_id", _instance_id, socket.gethostname().split(".")[0] or "local",
                 "goes into keys and manifests (the user-data sets the EC2 instance id)"),
         _Option("spool_dir", Path, _default_spool_dir(environ), "local spool directory"),
@@ -271,6 +282,10 @@ def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None =
             values[opt.field] = opt.parse(raw)
         except ValueError as exc:
             raise ConfigError(f"{source}={_shown(raw)}: {exc}") from None
+    # Trades and their ids arrive unauthenticated over ws://; anyone on the path could forge them.
+    if not values["ws_url"].startswith("wss://") and not values["allow_insecure_ws"]:
+        raise ConfigError(f"COLLECTOR_WS_URL={values['ws_url']!r}: must be a wss:// URL "
+                          f"({ALLOW_INSECURE_WS_ENV}=1 accepts ws://, for a local feed only)")
     return Config(**values)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from audit import bucket as audit_bucket
 from audit import check, report
-from collector.config import SHUTDOWN_TIMEOUT
+from collector.config import ALLOW_INSECURE_WS_ENV, SHUTDOWN_TIMEOUT
 from sandbox.feed import FeedThread
 from sandbox.local_s3 import BACKENDS, LocalS3, running_s3
 from sandbox.verify import check_bucket, coverage
@@ -50,6 +50,8 @@ def main() -> int:
         own = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env = {**own, **s3.env(), "COLLECTOR_BUCKET": BUCKET, "COLLECTOR_SYMBOLS": symbols,
                "COLLECTOR_WS_URL": url, "COLLECTOR_SPOOL_DIR": str(spool), "COLLECTOR_INSTANCE_ID": "demo"}
+        if feed is not None:
+            env[ALLOW_INSECURE_WS_ENV] = "1"  # the local feed is ws://; an external URL must be wss://
         print(f"demo: local S3 at {s3.endpoint}, feed {url}, symbols {symbols}, running {args.seconds:g} s",
               flush=True)
         collector = subprocess.Popen([sys.executable, "-m", "collector"], env=env)

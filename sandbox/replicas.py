@@ -15,6 +15,7 @@ from typing import Any
 from isal import igzip
 
 from audit.bucket import read
+from audit.entries import MAX_OBJECT_BYTES
 from audit.files import cut
 from collector import manifest
 from collector.config import GZIP_LEVEL
@@ -68,6 +69,6 @@ def write(s3: Any, bucket: str, market: Market, runs: Iterable[Run], *, rotate_s
 
 def corrupt(s3: Any, bucket: str, key: str) -> None:
     """Flip one byte inside the stored object: same size, different content (only a re-read finds it)."""
-    body = bytearray(read(s3, bucket, key))
+    body = bytearray(read(s3, bucket, key, limit=MAX_OBJECT_BYTES))
     body[len(body) // 2] ^= 0xFF
     s3.put_object(Bucket=bucket, Key=key, Body=bytes(body))

@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 
 from audit.bucket import read
-from audit.entries import Entry
+from audit.entries import MANIFEST_MAX_BYTES, Entry
 from audit.objects import check_object
 from collector.keys import DATA_PREFIX, MANIFEST_PREFIX
 
@@ -49,7 +49,7 @@ def check_bucket(client: Any, bucket: str) -> Landing:
     landing = Landing()
     data_keys = set(_keys(client, bucket, DATA_PREFIX))
     for manifest_key in _keys(client, bucket, MANIFEST_PREFIX):
-        doc = msgspec.json.decode(read(client, bucket, manifest_key))
+        doc = msgspec.json.decode(read(client, bucket, manifest_key, limit=MANIFEST_MAX_BYTES))
         landing.manifests.append(doc)
         payload = doc["payload"]
         key = payload["key"]
@@ -61,7 +61,7 @@ def check_bucket(client: Any, bucket: str) -> Landing:
         head = client.head_object(Bucket=bucket, Key=key)
         if head.get("ServerSideEncryption") != "AES256":
             problems.append("not encrypted with AES256")
-        body = read(client, bucket, key)
+        body = read(client, bucket, key, limit=payload["compressed_bytes"])
         symbol = doc["source"]["symbol"]
         checked = check_object(Entry.from_doc(manifest_key, doc), body, symbol)
         problems += checked.problems

@@ -68,6 +68,8 @@ class CollectorStack(cdk.Stack):
             resources=[bucket.arn_for_objects(f"{prefix}*") for prefix in (DATA_PREFIX, MANIFEST_PREFIX)],
         )
         self.fleet.role.add_to_principal_policy(self.put_statement)
+        # The bucket itself holds those writes to the collector's promises (write-once, SSE-S3, STANDARD, VPC).
+        self.write_denials = self.raw_bucket.hold_writes(self.fleet.role, endpoint=self.fleet.s3_endpoint)
         for prefix in (DATA_PREFIX, MANIFEST_PREFIX):
             cdk.Validations.of(self.fleet.role).acknowledge(
                 cdk.Acknowledgment(

@@ -48,9 +48,10 @@ class CollectorFleet(Construct):
             subnet_configuration=[
                 ec2.SubnetConfiguration(name="Public", subnet_type=ec2.SubnetType.PUBLIC, cidr_mask=24)
             ],
-            # Uploads go to S3 through the gateway endpoint, not over the internet.
-            gateway_endpoints={"S3": ec2.GatewayVpcEndpointOptions(service=ec2.GatewayVpcEndpointAwsService.S3)},
         )
+        # Uploads go to S3 through the gateway endpoint, not over the internet; the bucket refuses the role's
+        # writes from anywhere else.
+        self.s3_endpoint = self.vpc.add_gateway_endpoint("S3", service=ec2.GatewayVpcEndpointAwsService.S3)
         cdk.Validations.of(self.vpc).acknowledge(
             cdk.Acknowledgment(
                 id="AwsSolutions-VPC7",
@@ -115,7 +116,9 @@ class CollectorFleet(Construct):
                 user_data=instance_user_data,
                 # The logical id (hence the instance) changes with the user-data, which pins the code's sha256.
                 user_data_causes_replacement=True,
-                require_imdsv2=True,
+                http_tokens=ec2.HttpTokens.REQUIRED,
+                # The role's credentials stay on the instance: a token cannot cross a further hop (a container).
+                http_put_response_hop_limit=1,
                 credit_specification=ec2.CpuCredits.STANDARD,
                 block_devices=[
                     ec2.BlockDevice(

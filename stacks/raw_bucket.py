@@ -1,14 +1,21 @@
-"""The bucket the collectors write into."""
+"""The bucket the collectors write into, and the promises it holds their writes to by its own policy."""
 
 from __future__ import annotations
 
 import aws_cdk as cdk
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
+# What every collector upload sends (collector/s3_uploader.py); the bucket refuses the writers anything else.
+SSE_ALGORITHM = "AES256"
+STORAGE_CLASS = "STANDARD"
+
 
 class RawBucket(Construct):
-    """SSE-S3, private, TLS-only, no ACLs; kept on `cdk destroy` unless `destroy_data` opts into deletion."""
+    """SSE-S3 (SSE-C blocked), private, TLS-only, no ACLs, unversioned (docs/operations.md says why); kept on
+    `cdk destroy` unless `destroy_data` opts into deletion."""
 
     def __init__(self, scope: Construct, construct_id: str, *, destroy_data: bool) -> None:
         super().__init__(scope, construct_id)
@@ -16,6 +23,7 @@ class RawBucket(Construct):
             self,
             "Bucket",
             encryption=s3.BucketEncryption.S3_MANAGED,
+            blocked_encryption_types=[s3.BlockedEncryptionType.SSE_C],
             block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
             enforce_ssl=True,
             minimum_tls_version=1.2,
@@ -31,3 +39,32 @@ class RawBucket(Construct):
                 "Enable CloudTrail S3 data events if an audit trail is required.",
             )
         )
+
+    def hold_writes(self, writer: iam.IRole, *, endpoint: ec2.IGatewayVpcEndpoint) -> list[iam.PolicyStatement]:
+        """Deny `writer` every PutObject that breaks what the collector promises, whatever its own policy
+        allows: so stolen instance credentials cannot overwrite, re-encrypt, archive, or write from elsewhere.
+
+        Each statement denies one broken promise, so that a refusal names it. Multipart uploads are refused as
+        a side effect, which the collector never uses: CreateMultipartUpload and UploadPart are authorized as
+        s3:PutObject and cannot carry If-None-Match.
+        """
+        promises = {
+            # Write-once: S3 refuses the PUT (412) when the key exists; without the header it would overwrite.
+            "DenyWriterOverwrites": {"Null": {"s3:if-none-match": "true"}},
+            # A missing header also matches: the collector always names SSE-S3.
+            "DenyWriterOtherEncryption": {"StringNotEquals": {"s3:x-amz-server-side-encryption": SSE_ALGORITHM}},
+            # SSE-C sends no x-amz-server-side-encryption header, only the customer-algorithm one.
+            "DenyWriterCustomerKeys": {"Null": {"s3:x-amz-server-side-encryption-customer-algorithm": "false"}},
+            # No header means STANDARD; a header naming any other class (GLACIER, ...) is refused.
+            "DenyWriterOtherStorageClass": {"Null": {"s3:x-amz-storage-class": "false"},
+                                            "StringNotEquals": {"s3:x-amz-storage-class": STORAGE_CLASS}},
+            "DenyWriterOutsideTheVpc": {"StringNotEquals": {"aws:SourceVpce": endpoint.vpc_endpoint_id}},
+        }
+        statements = [
+            iam.PolicyStatement(sid=sid, effect=iam.Effect.DENY, principals=[writer], actions=["s3:PutObject"],
+                                resources=[self.bucket.arn_for_objects("*")], conditions=conditions)
+            for sid, conditions in promises.items()
+        ]
+        for statement in statements:
+            self.bucket.add_to_resource_policy(statement)
+        return statements

@@ -15,6 +15,7 @@ from typing import Any
 import jsonschema
 import pytest
 
+from collector.config import ALLOW_INSECURE_WS_ENV
 from collector.manifest import SCHEMA_PATH
 from collector.spool import STAMP_FILE
 from sandbox.feed import FeedThread
@@ -122,7 +123,7 @@ def start_collector(tmp_path: Path, spool_dir: Path, s3: LocalS3) -> Iterator[Ca
         if endpoint is not None:
             env["AWS_ENDPOINT_URL_S3"] = endpoint
         env.update({"COLLECTOR_BUCKET": BUCKET, "COLLECTOR_WS_URL": ws_url, "COLLECTOR_SPOOL_DIR": str(spool_dir),
-                    "COLLECTOR_INSTANCE_ID": "test-1", "COLLECTOR_ROTATE_SECONDS": "1"})
+                    "COLLECTOR_INSTANCE_ID": "test-1", "COLLECTOR_ROTATE_SECONDS": "1", ALLOW_INSECURE_WS_ENV: "1"})
         env.update({"COLLECTOR_" + k.upper(): str(v) for k, v in settings.items()})
         collector = Collector(env, tmp_path / f"collector-{len(started)}.log", preexec_fn)
         started.append(collector)

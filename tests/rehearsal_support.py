@@ -240,16 +240,6 @@ def deployed_template(server: MotoServer, stack_name: str) -> dict[str, Any]:
     return json.loads(body) if isinstance(body, str) else json.loads(json.dumps(body))
 
 
-def launch_template_data(server: MotoServer, name: str) -> dict[str, Any]:
-    """GAP: moto launches an instance from its CloudFormation `LaunchTemplate` property but does not apply the
-    launch template's MetadataOptions to it (describe_instances reports HttpTokens=optional); where CDK puts
-    `require_imdsv2`, the launch template, is read instead."""
-    ec2 = server.client("ec2")
-    (version,) = ec2.describe_launch_template_versions(LaunchTemplateName=name, Versions=["$Latest"])[
-        "LaunchTemplateVersions"]
-    return version["LaunchTemplateData"]
-
-
 def remove_network_leftovers(server: MotoServer, stack_name: str) -> list[str]:
     """GAP: moto's CloudFormation cannot delete route tables, routes, subnet associations, internet gateway
     attachments, internet gateways or VPC endpoints (their delete is a no-op), so deleting the stack fails on
@@ -289,6 +279,8 @@ def remove_network_leftovers(server: MotoServer, stack_name: str) -> list[str]:
 # GAP (no workaround): moto's CloudFormation ignores a security group's SecurityGroupEgress (it keeps the default
 # allow-all rule) and does not report an instance's security groups; only "no inbound rule" is checked on the
 # deployed group, its egress rules are asserted on the template (test_stack.py).
+# GAP (no workaround): moto's CloudFormation ignores an instance's MetadataOptions (IMDSv2, hop limit); they are
+# checked in the template as CloudFormation holds it.
 # GAP (no workaround): moto's CloudFormation does not apply a bucket's PublicAccessBlockConfiguration or
 # OwnershipControls (GetPublicAccessBlock says there is none); asserted on the template (test_stack.py).
 # GAP (no workaround): moto's CloudFormation does not model AWS::S3::BucketPolicy (the TLS-only policy), and

@@ -2,7 +2,7 @@
 
 Modes, switchable while the collector runs: pass everything through; answer PUTs with 503 SlowDown
 without forwarding (S3 down or throttling); forward a PUT and then answer 500 anyway (an ambiguous
-failure: the object is written but the client does not know).
+failure: the object is written but the client does not know). The headers of every PUT are kept.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ class S3Faults(ServedInThread):
         self.reject_puts = 0  # this many PUTs answered 503 without forwarding (-1: all)
         self.lose_put_replies = 0  # this many PUTs forwarded, then answered 500
         self.puts_seen = 0
+        self.put_headers: list[dict[str, str]] = []  # lower-cased names, in arrival order
         self._lock = threading.Lock()
         proxy = self
 
@@ -36,13 +37,16 @@ class S3Faults(ServedInThread):
 
             def _handle(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.command == "PUT":
+                    with proxy._lock:
+                        proxy.put_headers.append({k.lower(): v for k, v in self.headers.items()})
                 verdict = proxy._verdict(self.command)
                 if verdict == "reject":
                     self._reply(503, {"Content-Type": "application/xml"}, SLOW_DOWN)
                     return
                 conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=30)
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
-                headers["Host"] = proxy.upstream.netloc
+                # The Host header goes on as the client signed it (moto checks signatures under IAM enforcement).
+                headers = dict(self.headers.items())
                 conn.request(self.command, self.path, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()

@@ -167,8 +167,15 @@ def test_backfill_then_compact_make_the_ground_truth_day(day, s3_server) -> None
         again = check.run(client, bucket, SYMBOL, DAY, quiet=True)
         assert again.complete and "backfill" in again.coverage.instances
         assert backfill.run(client, bucket, SYMBOL, again.coverage, HistoricalTrades(rest.url), now_ms=NOW).fills == []
+        rest.requests.clear()
+        curated = compact.run(client, again, history=HistoricalTrades(rest.url), quiet=True, now_ms=NOW)
+        # The default asks the exchange only where replicas dispute or one alone holds an id, a page at a time:
+        # from a+3004 (i-a's alone; the page also answers the dispute at a+4000), a+5501 (i-c's, then i-b's alone)
+        # and a+7000 (i-c's alone).
+        assert [(r[1] - planted.a, r[2]) for r in rest.requests] == [(3004, PAGE_LIMIT), (5501, PAGE_LIMIT),
+                                                                    (7000, PAGE_LIMIT)]
+        rerun = compact.run(client, again, history=HistoricalTrades(rest.url), quiet=True, now_ms=NOW)
 
-    curated = compact.run(client, again, quiet=True, now_ms=NOW)
     doc = curated.manifest
     jsonschema.validate(doc, json.loads((ROOT / "audit" / "curated.schema.json").read_text()))
     body = client.get_object(Bucket=bucket, Key=curated.data_key)["Body"].read()
@@ -177,13 +184,22 @@ def test_backfill_then_compact_make_the_ground_truth_day(day, s3_server) -> None
     assert doc["complete"] is True and doc["holes"] == []
     assert doc["payload"]["record_count"] == len(lines)
     assert doc["payload"]["sha256"] == hashlib.sha256(body).hexdigest()
-    assert doc["quality"]["disagreements"] == 1
-    assert doc["quality"]["disagreement_sample"][0]["trade_id"] == planted.a + 4000
-    assert planted.corrupted in doc["quality"]["damaged_objects"]
+    corroboration = doc["corroboration"]
+    assert corroboration["mode"] == "single" and corroboration["uncorroborated"] == []
+    # i-b's copy of one trade differs: the exchange sides with the two others, and i-b is named.
+    assert corroboration["disagreements_total"] == 1 and corroboration["overruled"] == {"i-b": 1}
+    (disagreement,) = corroboration["disagreements"]
+    assert disagreement["trade_id"] == planted.a + 4000 and disagreement["resolution"] == "exchange"
+    assert disagreement["kept"] == {"instances": ["i-a", "i-c"], "exchange": True}
+    assert disagreement["dropped"][0]["instances"] == ["i-b"]
+    counts = corroboration["counts"]
+    assert counts["exchange"] == 49 + 3 and counts["uncorroborated"] == counts["majority"] == 0
+    assert sum(counts.values()) == len(lines) and counts["replica_and_exchange"] > 0
+    assert [d["key"] for d in doc["quality"]["damaged_objects"]] == [planted.corrupted]
+    assert "sha256" in doc["quality"]["damaged_objects"][0]["reason"]
     assert curated.manifest_key == curated_manifest_key(SYMBOL, DAY) and doc["payload"]["key"] == curated.data_key
 
-    rerun = compact.run(client, again, quiet=True, now_ms=NOW)
-    assert rerun.manifest == doc  # same sources, same day, same bytes
+    assert rerun.manifest == doc  # same sources, same answers, same day, same bytes
     listed = client.list_objects_v2(Bucket=bucket, Prefix="curated/")["Contents"]
     assert sorted(o["Key"] for o in listed) == sorted([curated.data_key, curated.manifest_key])
 
@@ -208,11 +224,14 @@ def test_an_open_start_is_walked_back_and_then_bracketed_from_the_command_line(s
         dry = cli("backfill", "--rest-url", rest.url, "--dry-run")
         assert dry.returncode == 1 and "open start" in dry.stdout and rest.calls == 0
         done = cli("backfill", "--rest-url", rest.url)
-    # The day's first 30 trades and the one before midnight that brackets them; then the audit says complete.
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "31 trades fetched" in done.stdout and "COMPLETE" in done.stdout
-    compacted = cli("compact")
+        # The day's first 30 trades and the one before midnight that brackets them; then the audit says complete.
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "31 trades fetched" in done.stdout and "COMPLETE" in done.stdout
+        compacted = cli("compact", "--rest-url", rest.url)
     assert compacted.returncode == 0, compacted.stdout + compacted.stderr
+    # One replica holds the rest of the day: the exchange confirms it; the 31 backfilled trades are its own.
+    assert "complete;" in compacted.stdout and "30 by the exchange alone" in compacted.stdout, compacted.stdout
+    assert "by 1 replica + the exchange" in compacted.stdout
     doc = msgspec.json.decode(client.get_object(Bucket=bucket, Key=curated_manifest_key(SYMBOL, DAY))["Body"].read())
     body = client.get_object(Bucket=bucket, Key=doc["payload"]["key"])["Body"].read()
     assert igzip.decompress(body).splitlines() == market.day_lines(DAY)

@@ -3,11 +3,13 @@ backfill's REST walks and file cutting, and the compaction's k-way merge."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
 import json
 import math
+import tracemalloc
 from datetime import date
 from itertools import pairwise
 
@@ -17,10 +19,11 @@ from hypothesis import strategies as st
 
 from audit import backfill
 from audit.binance_rest import PAGE_LIMIT
-from audit.compact import BadObject, choose_sources, merge_into
+from audit.compact import choose_sources, merge_into
+from audit.corroborate import Certificate, Exchange, How, Mode, judge_with
 from audit.coverage import InstanceCoverage, day_coverage
 from audit.days import day_bounds_ms
-from audit.entries import Entry, problems
+from audit.entries import MAX_OBJECT_BYTES, Entry, problems
 from audit.objects import check_object
 from audit.ranges import Hole, Span, holes_between, merge, total
 from collector import manifest
@@ -329,6 +332,31 @@ def test_a_line_whose_trade_id_is_not_a_number_is_a_problem_not_an_exception():
     assert "line 2 is not a trade event" in check_object(entry, body, SYMBOL).problems
 
 
+def test_a_gzip_bomb_is_inflated_no_further_than_its_manifest_says_in_bounded_memory():
+    stream = io.BytesIO()
+    with gzip.GzipFile(fileobj=stream, mode="wb", compresslevel=1, mtime=0) as bomb:
+        for _ in range(256):
+            bomb.write(bytes(1 << 20))  # 256 MiB of zeros in some 250 KB
+    entry, _ = _object(_lines([100, 101, 102]))
+    entry = dataclasses.replace(entry, compressed_bytes=len(stream.getvalue()),
+                                sha256=hashlib.sha256(stream.getvalue()).hexdigest())
+    tracemalloc.start()
+    try:
+        found = check_object(entry, stream.getvalue(), SYMBOL).problems
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert found == [f"more than {entry.uncompressed_bytes} bytes uncompressed, manifest says "
+                     f"{entry.uncompressed_bytes}"]
+    assert peak < 4 << 20  # a chunk of inflated bytes, not the bomb
+
+
+def test_a_manifest_describing_an_object_over_the_audit_s_cap_is_not_believed():
+    _, key, doc = _manifest()
+    doc["payload"]["uncompressed_bytes"] = MAX_OBJECT_BYTES + 1
+    assert problems(key, doc, symbol=SYMBOL) == [f"describes an object over the audit's {MAX_OBJECT_BYTES}-byte cap"]
+
+
 # 5. backfill
 
 
@@ -453,17 +481,19 @@ def _line(trade_id, trade_time):
 
 def _source(rank, key, lines, *, first=None):
     """(rank, entry, body) as the merge takes them; `first` lets the manifest claim another first id."""
-    body = gzip.compress(b"".join(line + b"\n" for line in lines), mtime=0)
+    raw = b"".join(line + b"\n" for line in lines)
+    body = gzip.compress(raw, mtime=0)
     first = json.loads(lines[0])["t"] if first is None else first
     last = json.loads(lines[-1])["t"]
     entry = Entry(key.replace(".jsonl.gz", ".manifest.json"), key, key.split("/")[0], len(lines), first, last,
-                  0, 0, 1, len(body), hashlib.sha256(body).hexdigest(), "2026-11-29T00:00:01.000Z")
+                  0, 0, len(raw), len(body), hashlib.sha256(body).hexdigest(), "2026-11-29T00:00:01.000Z")
     return rank, entry, body
 
 
-def _merge(*sources):
+def _merge(*sources, mode=Mode.NONE, page=None):
     out = io.BytesIO()
-    merged = merge_into(out, iter(sources), SYMBOL, START, END)
+    judge = judge_with(mode, Exchange(page), SYMBOL)
+    merged = merge_into(out, iter(sources), SYMBOL, START, END, judge=judge, certificate=Certificate(mode))
     return merged, out.getvalue().splitlines()
 
 
@@ -472,23 +502,39 @@ def _other_e(line):
 
 
 @pytest.mark.parametrize(("rank_x", "rank_y"), [(0, 1), (1, 0)])
-def test_an_id_several_sources_hold_is_written_once_from_the_first_source_by_rank(rank_x, rank_y):
+def test_two_replicas_that_disagree_without_the_exchange_tie_and_certify_nothing_there(rank_x, rank_y):
     truth = {i: _line(i, START + 1000 * i) for i in range(100, 115)}
     x = _source(rank_x, "i-x/a.jsonl.gz", [truth[i] for i in range(100, 110)])
     y_lines = [_other_e(truth[i]) if i in (105, 107) else truth[i] for i in range(105, 115)]
     y = _source(rank_y, "i-y/b.jsonl.gz", y_lines)
     merged, lines = _merge(x, y)
 
-    winner, loser = ("i-x/a.jsonl.gz", "i-y/b.jsonl.gz") if rank_x < rank_y else ("i-y/b.jsonl.gz", "i-x/a.jsonl.gz")
-    expected = [_other_e(truth[i]) if i in (105, 107) and winner.startswith("i-y") else truth[i]
-                for i in range(100, 115)]
+    # The first source by rank is written for a tie; the ids only one replica holds are not certified either.
+    winner, loser = ("i-x", "i-y") if rank_x < rank_y else ("i-y", "i-x")
+    expected = [_other_e(truth[i]) if i in (105, 107) and winner == "i-y" else truth[i] for i in range(100, 115)]
     assert lines == expected
     assert (merged.records, merged.first.trade_id, merged.last.trade_id) == (15, 100, 114)
     assert merged.duplicates_dropped == 5
-    # 105 is where the second source opens: its copy is compared there too.
-    assert merged.disagreements == 2
-    assert merged.disagreement_sample == [{"trade_id": i, "kept": winner, "dropped": loser} for i in (105, 107)]
-    assert merged.gaps == []
+    certificate = merged.certificate
+    assert [(d["trade_id"], d["resolution"], d["kept"]["instances"], d["dropped"][0]["instances"])
+            for d in certificate.disagreements] == [(i, "unresolved", [winner], [loser]) for i in (105, 107)]
+    assert certificate.counts == {How.REPLICAS: 3, How.UNCORROBORATED: 12}
+    assert merged.uncorroborated() == [(100, 105), (107, 107), (110, 114)]
+
+
+def test_the_exchange_decides_between_replicas_and_names_the_loser():
+    market = Market(SYMBOL, [_trade(i, START + 1000 * i) for i in range(100, 115)])
+    truth = [t.stream_line(SYMBOL) for t in market.trades]
+    forged = [line.replace(b'"p":"43123.45000000"', b'"p":"1.00000000"') if i in (3, 4) else line
+              for i, line in enumerate(truth)]
+    history = _History(market)
+    merged, lines = _merge(_source(0, "i-0/forged.jsonl.gz", forged), _source(1, "i-a/a.jsonl.gz", truth),
+                           mode=Mode.DISPUTED, page=history)
+    assert lines == truth
+    assert history.calls == [(103, PAGE_LIMIT)]  # one page answers both disputed ids
+    assert merged.certificate.overruled == {"i-0": 2}
+    assert merged.certificate.counts == {How.REPLICAS: 13, How.REPLICA_AND_EXCHANGE: 2}
+    assert merged.uncorroborated() == []
 
 
 def test_an_id_jump_inside_the_day_is_a_gap():
@@ -511,6 +557,8 @@ def test_lines_outside_the_day_are_not_written_and_bracket_the_day_when_adjacent
     assert merged.holes() == []
     assert (merged.min_trade_time, merged.max_trade_time) == (START, END - 1)
     assert merged.uncompressed_bytes == sum(len(line) + 1 for line in day)
+    # One replica each, and no exchange asked: neither the day nor the lines that close it are certified.
+    assert merged.uncorroborated() == [(99, 103)]
 
 
 @pytest.mark.parametrize(("sources", "holes"), [
@@ -532,25 +580,40 @@ def test_a_day_without_trades_is_complete_when_both_sides_are_held():
     assert merged.holes() == [Hole(100, 104, START - 1, END)]
 
 
-def test_an_object_that_is_not_what_its_manifest_says_is_left_out_and_named():
-    truth = [_line(i, START + i) for i in range(100, 110)]
-    rank, entry, body = _source(0, "i-a/x.jsonl.gz", truth)
+def _flipped(source):
+    rank, entry, body = source
     flipped = bytearray(body)
     flipped[len(flipped) // 2] ^= 0xFF
-    wrong_first = _source(1, "i-b/y.jsonl.gz", truth[3:], first=100)  # the body starts at 103
-    merged, lines = _merge((rank, entry, bytes(flipped)), wrong_first, _source(2, "i-c/z.jsonl.gz", truth))
+    return rank, entry, bytes(flipped)
+
+
+def _resealed(source, lines):
+    """The source's manifest, rewritten by its writer to describe `lines`: sha256 and sizes match them."""
+    rank, entry, _ = source
+    _, honest, body = _source(rank, entry.data_key, lines)
+    return rank, dataclasses.replace(entry, compressed_bytes=honest.compressed_bytes, sha256=honest.sha256,
+                                uncompressed_bytes=honest.uncompressed_bytes, record_count=len(lines)), body
+
+
+@pytest.mark.parametrize(("damage", "reason"), [
+    (_flipped, "sha256 differs from the manifest"),
+    (lambda s: _source(1, "i-b/y.jsonl.gz", [_line(i, START + i) for i in range(103, 110)], first=100),
+     "ids 103..109, manifest says 100..109"),  # the body starts later than its manifest says
+    (lambda s: _resealed(s, [_line(100, START + 100), _line(101, START + 101).replace(b"BTC", b"ETH"),
+                             *[_line(i, START + i) for i in range(102, 110)]]), "line 2 is not a trade event"),
+    (lambda s: _resealed(s, [_line(i, START + i) for i in (100, 102, 101, *range(103, 110))]),
+     "line 3: trade id 101 after 102"),
+    (lambda s: (s[0], dataclasses.replace(s[1], uncompressed_bytes=s[1].uncompressed_bytes - 1), s[2]),
+     "bytes uncompressed, manifest says"),  # larger than its manifest says: inflated no further
+], ids=["flipped byte", "wrong first id", "not a trade", "goes back", "larger than said"])
+def test_a_damaged_object_is_left_out_named_and_the_other_replicas_stand_in(damage, reason):
+    truth = [_line(i, START + i) for i in range(100, 110)]
+    bad = damage(_source(1, "i-b/y.jsonl.gz", truth))
+    merged, lines = _merge(_source(0, "i-a/x.jsonl.gz", truth), bad, _source(2, "i-c/z.jsonl.gz", truth))
     assert lines == truth
-    assert merged.damaged == ["i-a/x.jsonl.gz", "i-b/y.jsonl.gz"]
-
-
-def test_an_object_whose_lines_go_back_stops_the_merge():
-    with pytest.raises(BadObject, match=r"i-a/x\.jsonl\.gz: trade id 101 after 102"):
-        _merge(_source(0, "i-a/x.jsonl.gz", [_line(100, START), _line(102, START + 1), _line(101, START + 2)]))
-
-
-def test_an_object_with_a_line_that_is_not_a_trade_stops_the_merge():
-    with pytest.raises(BadObject, match=r"i-a/x\.jsonl\.gz: line 2 is not a BTCUSDT trade event"):
-        _merge(_source(0, "i-a/x.jsonl.gz", [_line(100, START), _line(101, START + 1).replace(b"BTC", b"ETH")]))
+    assert list(merged.quarantined) == ["i-b/y.jsonl.gz"]
+    assert reason in merged.quarantined["i-b/y.jsonl.gz"]
+    assert merged.certificate.counts == {How.REPLICAS: 10}  # two replicas still hold every id
 
 
 def test_compact_reads_every_instance_s_nearest_object_on_each_side_of_the_day():

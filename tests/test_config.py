@@ -42,6 +42,8 @@ def test_environment_then_flags_win():
     (["--bucket", "ok-bucket", "--rotate-seconds", "-1"], "positive number"),
     (["--bucket", "ok-bucket", "--rotate-seconds", "nan"], "positive number"),
     (["--bucket", "ok-bucket", "--ws-url", "http://x"], "ws:// or wss://"),
+    (["--bucket", "ok-bucket", "--ws-url", "ws://stream.binance.com:9443"], "must be a wss:// URL"),
+    (["--bucket", "ok-bucket", "--allow-insecure-ws", "yes"], "must be 1 or 0"),
     (["--bucket", "ok-bucket", "--instance-id", "a/b"], "becomes part of S3 keys"),
     (["--bucket", "ok-bucket", "--instance-id", "backfill"], "reserved for the trades the audit tool backfills"),
     (["--bucket", "ok-bucket", "--gzip-level", "4"], "between 0 and 3"),
@@ -50,6 +52,13 @@ def test_environment_then_flags_win():
 def test_bad_settings_name_the_setting(argv, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse(argv, {})
+
+
+def test_a_ws_url_is_accepted_only_by_explicit_setting():
+    assert parse(["--bucket", "b-ok", "--ws-url", "ws://127.0.0.1:9"], {config.ALLOW_INSECURE_WS_ENV: "1"}).ws_url == (
+        "ws://127.0.0.1:9")
+    with pytest.raises(ConfigError, match=f"{config.ALLOW_INSECURE_WS_ENV}=1 accepts ws://"):
+        parse(["--bucket", "b-ok", "--ws-url", "ws://127.0.0.1:9"], {config.ALLOW_INSECURE_WS_ENV: "0"})
 
 
 def test_bad_configuration_exits_2_with_one_line_and_no_connection(feed):

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 import userdata
+from audit.corroborate import DEFAULT_MODE, DISAGREEMENTS_LISTED, Mode
+from audit.entries import MANIFEST_MAX_BYTES, MAX_OBJECT_BYTES
 from collector import config, keys
 from collector.backoff import RECONNECT_CAP_SECONDS, Backoff
 from collector.connect_budget import burst, pace_seconds, startup_seconds
@@ -182,3 +184,25 @@ def test_the_planned_handover_hour():
     earliest = (config.CONNECTION_LIFETIME - HANDOVER_SPREAD_SECONDS) / 3600
     assert f"between {earliest:g} h and {latest:g} h" in OPERATIONS
     assert f"between {earliest:g} h and {latest:g} h of a connection's life" in GUARANTEES
+
+
+# The audit's limits and the trust model
+
+
+def _text(page: str) -> str:
+    return " ".join((REPO_ROOT / "docs" / page).read_text().split())
+
+
+def test_the_audit_s_caps_are_the_ones_the_docs_state() -> None:
+    for page in ("data.md", "guarantees.md"):
+        text = _text(page)
+        assert f"{MANIFEST_MAX_BYTES // 1024} KiB" in text and f"{MAX_OBJECT_BYTES >> 20} MiB" in text, page
+    assert f"the first {DISAGREEMENTS_LISTED:,}" in _text("data.md")
+    assert f"the first {DISAGREEMENTS_LISTED:,} listed" in _text("guarantees.md")
+
+
+def test_the_corroboration_modes_and_default_are_the_ones_the_docs_state() -> None:
+    for page in ("data.md", "guarantees.md"):
+        text = _text(page)
+        assert re.findall(r"`(\w+)` \(the default", text) == [str(DEFAULT_MODE)], page
+        assert all(f"`{mode}`" in text for mode in Mode), page

@@ -6,9 +6,12 @@ The collector must deliver everything with them, and the same credentials must b
 nothing beyond what the stack grants, and the stack grants nothing beyond what the collector needs.
 
 moto evaluates actions and resource ARNs of identity policies but NOT their conditions (an Allow with a
-condition allows as if it had none); whatever depends on a condition -- TLS only, the encryption header -- stays
-asserted on the template (test_stack.py). moto runs in its own process (tests/rehearsal_support.py), so switching
-its IAM enforcement on leaves the other tests' S3 endpoint alone.
+condition allows as if it had none), and it does not evaluate bucket policies at all; whatever depends on a
+condition -- TLS only, the bucket's denials of overwrites, other encryption, other storage classes, other networks --
+stays asserted on the template (test_stack.py). What moto cannot do is done here for the denials: the collector's
+real PUT requests, recorded on their way to moto, are evaluated against the template's Deny conditions. moto runs
+in its own process (tests/rehearsal_support.py), so switching its IAM enforcement on leaves the other tests' S3
+endpoint alone.
 """
 
 from __future__ import annotations
@@ -25,16 +28,19 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from collector.config import ALLOW_INSECURE_WS_ENV
 from collector.keys import DATA_PREFIX, MANIFEST_PREFIX
 from stacks.application import STACK_NAME, create_app
 from tests.cdk_support import cdk_context
 from tests.conftest import BUCKET, Collector, landed, unshipped
 from tests.rehearsal_support import ACCOUNT, REGION, MotoServer, resolve, trust_also
+from tests.s3_faults import S3Faults
 
 pytestmark = [pytest.mark.e2e, pytest.mark.rehearsal]
 
 OTHER_BUCKET = "someone-elses-bucket"
 STACK_ID = f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/{STACK_NAME}/{uuid.UUID(int=1)}"
+STACK_ENDPOINT = "vpce-0collectors"  # the stack's S3 gateway endpoint, which the instances' requests go through
 
 
 @dataclass
@@ -45,13 +51,24 @@ class InstanceRole:
     managed_policy_arns: list[str]
 
 
+def _references(template: dict[str, Any]) -> tuple[dict[str, Any], dict[tuple[str, str], Any]]:
+    """Values for the Refs and GetAtts the role and the bucket policy use."""
+    resources = template["Resources"]
+    (bucket_id,) = (k for k, r in resources.items() if r["Type"] == "AWS::S3::Bucket")
+    (endpoint_id,) = (k for k, r in resources.items() if r["Type"] == "AWS::EC2::VPCEndpoint")
+    (role_id,) = (k for k, r in resources.items() if r["Type"] == "AWS::IAM::Role" and k.startswith("FleetRole"))
+    refs = {"AWS::StackId": STACK_ID, "AWS::StackName": STACK_NAME, "AWS::Region": REGION,
+            "AWS::AccountId": ACCOUNT, "AWS::Partition": "aws", "AWS::URLSuffix": "amazonaws.com", bucket_id: BUCKET,
+            endpoint_id: STACK_ENDPOINT}
+    attributes = {(bucket_id, "Arn"): f"arn:aws:s3:::{BUCKET}",
+                  (role_id, "Arn"): f"arn:aws:iam::{ACCOUNT}:role/{role_id}"}
+    return refs, attributes
+
+
 def _instance_role(template: dict[str, Any]) -> InstanceRole:
     """The role the instances get (through the instance profile), with references resolved for the test."""
     resources = template["Resources"]
-    (bucket_id,) = (k for k, r in resources.items() if r["Type"] == "AWS::S3::Bucket")
-    refs = {"AWS::StackId": STACK_ID, "AWS::StackName": STACK_NAME, "AWS::Region": REGION,
-            "AWS::AccountId": ACCOUNT, "AWS::Partition": "aws", "AWS::URLSuffix": "amazonaws.com", bucket_id: BUCKET}
-    attributes = {(bucket_id, "Arn"): f"arn:aws:s3:::{BUCKET}"}
+    refs, attributes = _references(template)
     (profile,) = (r for r in resources.values() if r["Type"] == "AWS::IAM::InstanceProfile")
     (role_ref,) = profile["Properties"]["Roles"]
     role_id = role_ref["Ref"]
@@ -69,9 +86,46 @@ def _instance_role(template: dict[str, Any]) -> InstanceRole:
 
 
 @pytest.fixture(scope="module")
-def instance_role(tmp_path_factory: pytest.TempPathFactory) -> InstanceRole:
+def template(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assembly = create_app(cdk_context(), outdir=str(tmp_path_factory.mktemp("cdk.out"))).synth()
-    return _instance_role(assembly.get_stack_by_name(STACK_NAME).template)
+    return assembly.get_stack_by_name(STACK_NAME).template
+
+
+@pytest.fixture(scope="module")
+def instance_role(template: dict[str, Any]) -> InstanceRole:
+    return _instance_role(template)
+
+
+@pytest.fixture(scope="module")
+def put_denials(template: dict[str, Any]) -> list[dict[str, Any]]:
+    """The bucket policy's Deny statements on the instance role's PutObject, references resolved."""
+    (policy,) = (r for r in template["Resources"].values() if r["Type"] == "AWS::S3::BucketPolicy")
+    refs, attributes = _references(template)
+    statements = resolve(policy["Properties"]["PolicyDocument"]["Statement"], refs, attributes)
+    role_arn = f"arn:aws:iam::{ACCOUNT}:role/{_instance_role(template).name}"
+    return [s for s in statements if s["Effect"] == "Deny" and s["Principal"] == {"AWS": role_arn}]
+
+
+def _denied_by(denials: list[dict[str, Any]], headers: dict[str, str], source_vpce: str | None) -> list[str]:
+    """The Sids of the statements that deny a PutObject with these (lower-cased) headers, by IAM's rules for the
+    operators the policy uses; a condition key this test does not know fails it."""
+    context = {"s3:if-none-match": headers.get("if-none-match"),
+               "s3:x-amz-server-side-encryption": headers.get("x-amz-server-side-encryption"),
+               "s3:x-amz-server-side-encryption-customer-algorithm":
+                   headers.get("x-amz-server-side-encryption-customer-algorithm"),
+               "s3:x-amz-storage-class": headers.get("x-amz-storage-class"),
+               "aws:SourceVpce": source_vpce}
+
+    def holds(operator: str, key: str, expected: str) -> bool:
+        value = context[key]
+        if operator == "Null":
+            return (value is None) == (expected == "true")
+        if operator == "StringNotEquals":
+            return value != expected  # a key missing from the request matches a negated operator
+        raise AssertionError(f"teach _denied_by the {operator} operator")
+
+    return [s["Sid"] for s in denials if s["Action"] == "s3:PutObject"
+            and all(holds(op, key, value) for op, pairs in s["Condition"].items() for key, value in pairs.items())]
 
 
 @dataclass
@@ -122,19 +176,21 @@ def test_the_role_grants_s3_put_object_only(instance_role: InstanceRole) -> None
 
 
 def test_collector_delivers_everything_with_only_the_roles_permissions(
-        enforced: Enforced, feed, tmp_path: Path, manifest_schema) -> None:
+        enforced: Enforced, put_denials: list[dict[str, Any]], feed, tmp_path: Path, manifest_schema) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COLLECTOR_", "AWS_"))}
     env.update(enforced.server.env(enforced.role))
     env.update({"COLLECTOR_BUCKET": BUCKET, "COLLECTOR_WS_URL": feed.feed.url, "COLLECTOR_SYMBOLS": "BTCUSDT,ETHUSDT",
                 "COLLECTOR_SPOOL_DIR": str(tmp_path / "spool"), "COLLECTOR_INSTANCE_ID": "i-0leastprivilege",
-                "COLLECTOR_ROTATE_SECONDS": "1"})
-    collector = Collector(env, tmp_path / "collector.log")
-    try:
-        collector.wait_for_log("uploaded s3://", count=6)
-        assert collector.terminate() == 0
-    finally:
-        if collector.proc.poll() is None:
-            collector.kill()
+                "COLLECTOR_ROTATE_SECONDS": "1", ALLOW_INSECURE_WS_ENV: "1"})
+    with S3Faults(enforced.server.endpoint) as recorder:  # passes everything on, keeps the PUTs' headers
+        env["AWS_ENDPOINT_URL_S3"] = recorder.url
+        collector = Collector(env, tmp_path / "collector.log")
+        try:
+            collector.wait_for_log("uploaded s3://", count=6)
+            assert collector.terminate() == 0
+        finally:
+            if collector.proc.poll() is None:
+                collector.kill()
     log = collector.log
     assert "AccessDenied" not in log and "retrying" not in log, log
     assert "stopped: everything shipped" in log
@@ -143,6 +199,26 @@ def test_collector_delivers_everything_with_only_the_roles_permissions(
     landing = landed(types.SimpleNamespace(client=lambda: enforced.s3(enforced.admin)), feed,
                      ("BTCUSDT", "ETHUSDT"), manifest_schema)
     assert landing.objects and len(landing.manifests) == len(landing.objects)
+
+    # The bucket's own denials let every request the collector made through (from inside the VPC)...
+    puts = recorder.put_headers
+    assert len(puts) == len(landing.objects) + len(landing.manifests)
+    assert [_denied_by(put_denials, headers, STACK_ENDPOINT) for headers in puts] == [[]] * len(puts)
+    # ...and refuse the same request bent in each way the collector never bends it.
+    real = puts[0]
+    without = {k: v for k, v in real.items() if k not in ("if-none-match", "x-amz-server-side-encryption")}
+    assert _denied_by(put_denials, without | {"x-amz-server-side-encryption": "AES256"}, STACK_ENDPOINT) == [
+        "DenyWriterOverwrites"]
+    assert _denied_by(put_denials, real | {"x-amz-server-side-encryption": "aws:kms"}, STACK_ENDPOINT) == [
+        "DenyWriterOtherEncryption"]
+    assert _denied_by(put_denials, without | {"if-none-match": "*",
+                                              "x-amz-server-side-encryption-customer-algorithm": "AES256"},
+                      STACK_ENDPOINT) == ["DenyWriterOtherEncryption", "DenyWriterCustomerKeys"]
+    assert _denied_by(put_denials, real | {"x-amz-storage-class": "GLACIER"}, STACK_ENDPOINT) == [
+        "DenyWriterOtherStorageClass"]
+    assert _denied_by(put_denials, real | {"x-amz-storage-class": "STANDARD"}, STACK_ENDPOINT) == []
+    assert _denied_by(put_denials, real, None) == _denied_by(put_denials, real, "vpce-0elsewhere") == [
+        "DenyWriterOutsideTheVpc"]
 
 
 @pytest.mark.parametrize(("operation", "kwargs"), [

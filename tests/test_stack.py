@@ -109,6 +109,55 @@ def test_bucket_denies_requests_without_tls(template: Template) -> None:
     }])}})
 
 
+def test_bucket_blocks_customer_provided_keys_and_keeps_no_versions(template: Template) -> None:
+    template.has_resource_properties("AWS::S3::Bucket", {
+        "BucketEncryption": {"ServerSideEncryptionConfiguration": [
+            Match.object_like({"BlockedEncryptionTypes": {"EncryptionType": ["SSE-C"]}})
+        ]},
+        "VersioningConfiguration": Match.absent(),  # write-once by policy instead (docs/operations.md)
+    })
+
+
+# The bucket's own policy holds the role to what the collector promises, one Deny per promise. Neither moto's
+# S3 nor its CloudFormation evaluates bucket policies (tests/rehearsal_support.py), so these are asserted here;
+# test_least_privilege.py checks the collector's real requests against the same conditions.
+@pytest.mark.parametrize(("sid", "condition"), [
+    ("DenyWriterOverwrites", {"Null": {"s3:if-none-match": "true"}}),
+    ("DenyWriterOtherEncryption", {"StringNotEquals": {"s3:x-amz-server-side-encryption": "AES256"}}),
+    ("DenyWriterCustomerKeys", {"Null": {"s3:x-amz-server-side-encryption-customer-algorithm": "false"}}),
+    ("DenyWriterOtherStorageClass", {"Null": {"s3:x-amz-storage-class": "false"},
+                                     "StringNotEquals": {"s3:x-amz-storage-class": "STANDARD"}}),
+    ("DenyWriterOutsideTheVpc", {"StringNotEquals": {"aws:SourceVpce": {"Ref": Match.string_like_regexp("VpcS3")}}}),
+])
+def test_bucket_denies_the_role_put_object_breaking_a_promise(template: Template, sid: str, condition: Any) -> None:
+    template.has_resource_properties("AWS::S3::BucketPolicy", {"PolicyDocument": {"Statement": Match.array_with([{
+        "Sid": sid,
+        "Effect": "Deny",
+        "Principal": {"AWS": {"Fn::GetAtt": [Match.string_like_regexp("^FleetRole"), "Arn"]}},
+        "Action": "s3:PutObject",
+        "Resource": _bucket_object_arn("/*"),
+        "Condition": condition,
+    }])}})
+
+
+def test_the_policy_denies_the_role_nothing_but_put_object(template_json: dict[str, Any]) -> None:
+    """Multipart uploads are refused with PutObject (CreateMultipartUpload and UploadPart are authorized as
+    s3:PutObject and cannot carry If-None-Match); the role is granted no other S3 action to deny."""
+    (policy,) = _resources(template_json, "AWS::S3::BucketPolicy").values()
+    role_statements = [s for s in policy["Properties"]["PolicyDocument"]["Statement"] if s["Principal"] != {"AWS": "*"}]
+    assert len(role_statements) == 5
+    assert {s["Action"] for s in role_statements} == {"s3:PutObject"}
+    granted = {a for s in _iam_statements(template_json) for a in _as_list(s["Action"]) if a.startswith("s3:")}
+    assert granted == {"s3:PutObject"}
+
+
+def test_the_operations_page_lists_exactly_the_bucket_s_denials(template_json: dict[str, Any]) -> None:
+    (policy,) = _resources(template_json, "AWS::S3::BucketPolicy").values()
+    sids = [s["Sid"] for s in policy["Properties"]["PolicyDocument"]["Statement"] if "Sid" in s]
+    page = (REPO_ROOT / "docs" / "operations.md").read_text()
+    assert re.findall(r"^\| `(Deny\w+)` \|", page, re.MULTILINE) == sids
+
+
 def test_destroy_data_flag_opts_into_deleting_the_bucket(opt_in_template: Template) -> None:
     opt_in_template.has_resource("AWS::S3::Bucket", {"DeletionPolicy": "Delete"})
     opt_in_template.resource_count_is("Custom::S3AutoDeleteObjects", 1)
@@ -202,12 +251,9 @@ def test_root_volume_is_encrypted_gp3(template_json: dict[str, Any]) -> None:
         assert root["Ebs"]["VolumeType"] == "gp3"
 
 
-def test_imdsv2_is_required(template_json: dict[str, Any]) -> None:
-    templates = _resources(template_json, "AWS::EC2::LaunchTemplate")
+def test_imdsv2_is_required_and_its_tokens_do_not_leave_the_instance(template_json: dict[str, Any]) -> None:
     for instance in _resources(template_json, "AWS::EC2::Instance").values():
-        version = instance["Properties"]["LaunchTemplate"]["Version"]["Fn::GetAtt"][0]
-        metadata = templates[version]["Properties"]["LaunchTemplateData"]["MetadataOptions"]
-        assert metadata["HttpTokens"] == "required"
+        assert instance["Properties"]["MetadataOptions"] == {"HttpTokens": "required", "HttpPutResponseHopLimit": 1}
 
 
 def test_instances_are_spread_over_public_subnets_with_public_ips(template_json: dict[str, Any]) -> None:
@@ -428,6 +474,7 @@ def test_cdk_json_holds_every_context_default_and_keeps_the_cli_offline() -> Non
     ({"symbols": "BTC-USDT"}, "symbols"),
     ({"symbols": " , "}, "symbols"),
     ({"binanceWsUrl": "https://example.com"}, "binanceWsUrl"),
+    ({"binanceWsUrl": "ws://stream.binance.com:9443"}, "binanceWsUrl.*must be a wss:// URL"),
     ({"instanceCount": "0"}, "instanceCount"),
     ({"instanceCount": "three"}, "instanceCount"),
     ({"destroyData": "yes"}, "destroyData"),
