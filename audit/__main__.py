@@ -20,7 +20,7 @@ import msgspec
 from boto3.exceptions import Boto3Error
 from botocore.exceptions import BotoCoreError, ClientError
 
-from audit import backfill, binance_rest, bucket, check, compact, plot, report
+from audit import backfill, binance_rest, bucket, check, compact, parquet_day, plot, report
 from audit.ranges import Hole
 from collector.config import bucket_name, symbol_list
 
@@ -167,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BotoCoreError, ClientError, Boto3Error) as exc:
         print(f"audit: cannot use s3://{args.bucket}: {exc}", file=sys.stderr)
         return 2
-    except compact.BadObject as exc:
+    except (compact.BadObject, parquet_day.NotExact) as exc:
         print(f"audit: cannot compact: {exc}", file=sys.stderr)
         return 2
 

@@ -16,6 +16,7 @@ BACKFILL_PREFIX = "backfill/"
 BACKFILL_INSTANCE = "backfill"
 CURATED_PREFIX = "curated/"
 DATA_SUFFIX = ".jsonl.gz"
+PARQUET_SUFFIX = ".parquet"
 MANIFEST_SUFFIX = ".manifest.json"
 
 _PART_RE = re.compile(r"^(?P<symbol>[A-Z0-9]+)-(?P<instance>.+)-(?P<ts>\d{8}T\d{9}Z)$")
@@ -66,7 +67,12 @@ class Part:
 
 def hour_prefix(prefix: str, symbol: str, day: date, hour: int) -> str:
     """The folder of one hour's objects under `prefix` (raw/, manifests/ or backfill/)."""
-    return f"{prefix}exchange={EXCHANGE}/stream={STREAM}/symbol={symbol}/date={day:%Y-%m-%d}/hour={hour:02d}/"
+    return hour_folder(prefix, symbol, f"{day:%Y-%m-%d}", f"{hour:02d}")
+
+
+def hour_folder(prefix: str, symbol: str, day: str, hour: str) -> str:
+    """`hour_prefix` from strings, which may be placeholders (Athena's partition projection fills them)."""
+    return f"{prefix}exchange={EXCHANGE}/stream={STREAM}/symbol={symbol}/date={day}/hour={hour}/"
 
 
 def curated_manifest_key(symbol: str, day: date) -> str:
@@ -77,6 +83,31 @@ def curated_data_key(symbol: str, day: date, sha256: str) -> str:
     """Named by its content, so that writing the manifest that points to it is the one switch to a new
     version: a reader never finds a manifest describing other bytes than those it names."""
     return _curated_folder(symbol, day) + f"trades-{sha256[:16]}" + DATA_SUFFIX
+
+
+TRADES_TABLE = "trades"
+
+
+def bars_table(interval: str) -> str:
+    return f"bars-{interval}"
+
+
+def curated_table_folder(symbol: str, day: str, table: str) -> str:
+    """The folder of one table's Parquet files for a symbol's day. A query engine reads every object under a
+    table's folder (Athena does), so each table lives apart from the JSONL, the manifest and the other tables.
+    `symbol` and `day` may be placeholders (Athena's partition projection fills `${symbol}`, `${day}`)."""
+    return f"{CURATED_PREFIX}exchange={EXCHANGE}/symbol={symbol}/date={day}/{table}/"
+
+
+def curated_trades_parquet_key(symbol: str, day: date, sha256: str) -> str:
+    """The curated day as Parquet, named by its content like the JSONL."""
+    return curated_table_folder(symbol, f"{day:%Y-%m-%d}", TRADES_TABLE) + f"trades-{sha256[:16]}" + PARQUET_SUFFIX
+
+
+def curated_bars_key(symbol: str, day: date, interval: str, sha256: str) -> str:
+    """One day's bars (klines) of `interval` (`1s`, `1m`, `1h`), named by their content."""
+    table = bars_table(interval)
+    return curated_table_folder(symbol, f"{day:%Y-%m-%d}", table) + f"{table}-{sha256[:16]}" + PARQUET_SUFFIX
 
 
 def _curated_folder(symbol: str, day: date) -> str:
