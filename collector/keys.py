@@ -15,6 +15,8 @@ MANIFEST_PREFIX = "manifests/"
 BACKFILL_PREFIX = "backfill/"
 BACKFILL_INSTANCE = "backfill"
 CURATED_PREFIX = "curated/"
+# Athena's query results (the operator's queries), expired by the bucket's lifecycle.
+ATHENA_RESULTS_PREFIX = "athena-results/"
 DATA_SUFFIX = ".jsonl.gz"
 PARQUET_SUFFIX = ".parquet"
 MANIFEST_SUFFIX = ".manifest.json"
