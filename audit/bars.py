@@ -44,13 +44,24 @@ def bars(trades: Iterable[pa.Table], interval: str) -> pa.Table:
     """The `interval` bars (BARS_SCHEMA, by open time) of `trades`: tables with trade_id, price, quantity,
     quote_quantity, trade_time and buyer_is_maker, each in trade-id order and following the previous one
     (a Parquet file's row groups). Memory grows with the bars, not with the trades."""
-    width, unit = INTERVALS[interval]
-    partial = [_combine(_as_bars(t, unit)) for t in trades if t.num_rows]
+    unit = INTERVALS[interval][1]
+    return _finish([_combine(_as_bars(t, unit)) for t in trades if t.num_rows], interval)
+
+
+def coarser(finer: pa.Table, interval: str) -> pa.Table:
+    """The `interval` bars of the trades whose finer bars (by open time) are `finer`, e.g. 1 m from 1 s: the
+    same as `bars` of those trades (trade time does not go back as ids go up), from 86,400 rows, not millions."""
+    parts = finer.drop_columns(["close_time"])
+    parts = parts.set_column(0, "open_time", pc.floor_temporal(parts["open_time"], 1, INTERVALS[interval][1]))
+    return _finish([parts], interval)
+
+
+def _finish(partial: list[pa.Table], interval: str) -> pa.Table:
     if not partial:
         return BARS_SCHEMA.empty_table()
     # A bar cut by a table boundary is combined like trades are: open of the first, close of the last part.
     merged = _combine(pa.concat_tables(partial)).sort_by("open_time")
-    close_time = pc.cast(pc.add(pc.cast(merged["open_time"], pa.int64()), width - 1), TIME)
+    close_time = pc.cast(pc.add(pc.cast(merged["open_time"], pa.int64()), INTERVALS[interval][0] - 1), TIME)
     return pa.table({**{n: merged[n] for n in BARS_SCHEMA.names if n != "close_time"}, "close_time": close_time}
                     ).select(BARS_SCHEMA.names).cast(BARS_SCHEMA)
 

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pyarrow as pa
 import pyarrow.parquet as pq
 from botocore.exceptions import ClientError
 
 from audit import bucket
-from audit.bars import INTERVALS, bars
-from audit.parquet_day import COMPRESSION
+from audit.bars import INTERVALS, bars, coarser
+from audit.parquet_day import BATCH_ROWS, COMPRESSION
 from collector.keys import curated_bars_key, curated_trades_parquet_key
 
 PARQUET_COLUMNS = ["trade_id", "price", "quantity", "quote_quantity", "trade_time", "buyer_is_maker"]
@@ -59,13 +60,15 @@ def _table(name: str, path: Path, key_of: Any) -> Table:
 
 
 def build(trades_path: Path, symbol: str, day: date) -> list[Table]:
-    """The trades file and, from it, one bars file per interval, each read a row group at a time."""
+    """The trades file and its bars: the finest from the trades (read a batch at a time), the others from those."""
     tables = [_table("trades", trades_path, lambda sha: curated_trades_parquet_key(symbol, day, sha))]
-    source = pq.ParquetFile(trades_path)
-    for interval in INTERVALS:
-        row_groups = (source.read_row_group(i, columns=PARQUET_COLUMNS) for i in range(source.num_row_groups))
+    batches = pq.ParquetFile(trades_path).iter_batches(batch_size=BATCH_ROWS, columns=PARQUET_COLUMNS)
+    finest, *others = INTERVALS
+    day_bars = {finest: bars((pa.Table.from_batches([b]) for b in batches), finest)}
+    day_bars.update((interval, coarser(day_bars[finest], interval)) for interval in others)
+    for interval, table in day_bars.items():
         path = trades_path.with_name(f"bars-{interval}.parquet")
-        pq.write_table(bars(row_groups, interval), path, compression=COMPRESSION)
+        pq.write_table(table, path, compression=COMPRESSION)
         tables.append(_table(table_name(interval), path,
                              lambda sha, interval=interval: curated_bars_key(symbol, day, interval, sha)))
     return tables

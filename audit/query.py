@@ -55,6 +55,7 @@ def days_between(first: date, last: date) -> list[date]:
 class Selection:
     """What a query may read: the cached files of each view, and the (symbol, day)s read from raw objects."""
 
+    cache: Path
     tables: dict[str, list[Path]] = field(default_factory=dict)
     raw: list[Path] = field(default_factory=list)
     raw_days: list[tuple[str, date]] = field(default_factory=list)
@@ -74,13 +75,13 @@ def _manifest(s3: Any, name: str, symbol: str, day: date) -> dict[str, Any] | No
 def fetch(s3: Any, name: str, symbols: Iterable[str], days: Iterable[date], cache: Path, *,
           quiet: bool = True) -> Selection:
     """Fetches into `cache` what the views need for `symbols` x `days`, and says which file is whose."""
-    selection = Selection(tables={view: [] for view in ("trades", *map(table_name, INTERVALS))})
+    selection = Selection(cache, tables={view: [] for view in ("trades", *map(table_name, INTERVALS))})
     keys: set[str] = set()
     raw_prefixes: list[str] = []
     for symbol in symbols:
         for day in days:
             doc = _manifest(s3, name, symbol, day)
-            if doc is not None and "tables" in doc:
+            if doc is not None and "tables" in doc:  # a curated day written before the tables is read raw
                 for view, files in selection.tables.items():
                     key = doc["tables"][view]["key"]
                     keys.add(key)
@@ -149,7 +150,7 @@ def _raw_sql(selection: Selection) -> str:
                    epoch_ms(CAST(json ->> '$.E' AS BIGINT)) AS event_time,
                    CAST(json ->> '$.m' AS BOOLEAN) AS buyer_is_maker,
                    json ->> '$.s' AS symbol,
-                   contains(filename, '/{BACKFILL_PREFIX}') AS backfilled,
+                   starts_with(filename, {_literal(str(selection.cache / BACKFILL_PREFIX))}) AS backfilled,
                    filename
             FROM read_ndjson_objects({_files(selection.raw)}, compression = 'gzip', filename = true)
         )

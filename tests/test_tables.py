@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from audit.bars import INTERVALS, as_klines, bars
+from audit.bars import INTERVALS, as_klines, bars, coarser
 from audit.binance_rest import HistoricalTrades
 from audit.days import day_bounds_ms
 from audit.parquet_day import NotExact, TradesParquet, trades_table
@@ -119,5 +119,12 @@ def test_bars_do_not_depend_on_how_the_trades_are_cut_into_row_groups(cuts, inte
     assert bars(pieces, interval).equals(bars([table], interval))
 
 
+@pytest.mark.parametrize("interval", ["1m", "1h"])
+def test_coarser_bars_from_1s_bars_equal_bars_from_the_trades(interval) -> None:
+    table = trades_table(b"".join(t.stream_line(SYMBOL) + b"\n" for t in _market_with_quiet_seconds().trades))
+    assert coarser(bars([table], "1s"), interval).equals(bars([table], interval))
+
+
 def test_no_trades_no_bars() -> None:
     assert bars([], "1s").num_rows == 0
+    assert coarser(bars([], "1s"), "1m").num_rows == 0
