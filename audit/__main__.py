@@ -1,7 +1,7 @@
 """`python -m audit`: completeness audit, backfill and compaction of one symbol's day; SQL over the trades.
 
-Exit status: 0 when the day is complete, 1 when holes remain (or objects do not match their manifests),
-2 for bad input or when the bucket or the REST history cannot be read.
+Exit status: 0 when the day is complete (for `query`: when the query ran), 1 when holes remain (or objects do
+not match their manifests), 2 for bad input, failing SQL, or when the bucket or the REST history cannot be read.
 """
 
 from __future__ import annotations

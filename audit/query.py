@@ -78,18 +78,18 @@ def fetch(s3: Any, name: str, symbols: Iterable[str], days: Iterable[date], cach
     selection = Selection(cache, tables={view: [] for view in ("trades", *map(table_name, INTERVALS))})
     keys: set[str] = set()
     raw_prefixes: list[str] = []
-    for symbol in symbols:
-        for day in days:
-            doc = _manifest(s3, name, symbol, day)
-            if doc is not None and "tables" in doc:  # a curated day written before the tables is read raw
-                for view, files in selection.tables.items():
-                    key = doc["tables"][view]["key"]
-                    keys.add(key)
-                    files.append(cache / key)
-            else:
-                selection.raw_days.append((symbol, day))
-                raw_prefixes += [hour_prefix(prefix, symbol, d, h)
-                                 for prefix in (DATA_PREFIX, BACKFILL_PREFIX) for d, h in hours_to_read(day)]
+    wanted = [(symbol, day) for symbol in symbols for day in days]
+    manifests = bucket.concurrently(lambda pair: _manifest(s3, name, *pair), wanted, desc="manifests", quiet=quiet)
+    for (symbol, day), doc in zip(wanted, manifests, strict=True):
+        if doc is not None and "tables" in doc:  # a curated day written before the tables is read raw
+            for view, files in selection.tables.items():
+                key = doc["tables"][view]["key"]
+                keys.add(key)
+                files.append(cache / key)
+        else:
+            selection.raw_days.append((symbol, day))
+            raw_prefixes += [hour_prefix(prefix, symbol, d, h)
+                             for prefix in (DATA_PREFIX, BACKFILL_PREFIX) for d, h in hours_to_read(day)]
     if raw_prefixes:
         listed = bucket.list_objects(s3, name, sorted(set(raw_prefixes)), quiet=quiet)
         raw_keys = sorted(key for key in listed if key.endswith(DATA_SUFFIX))

@@ -20,6 +20,7 @@ ATHENA_RESULTS_PREFIX = "athena-results/"
 DATA_SUFFIX = ".jsonl.gz"
 PARQUET_SUFFIX = ".parquet"
 MANIFEST_SUFFIX = ".manifest.json"
+TRADES_TABLE = "trades"  # the curated day's Parquet trades: their folder and file name stem
 
 _PART_RE = re.compile(r"^(?P<symbol>[A-Z0-9]+)-(?P<instance>.+)-(?P<ts>\d{8}T\d{9}Z)$")
 
@@ -87,23 +88,27 @@ def curated_data_key(symbol: str, day: date, sha256: str) -> str:
     return _curated_folder(symbol, day) + f"trades-{sha256[:16]}" + DATA_SUFFIX
 
 
-TRADES_TABLE = "trades"
-
-
 def bars_table(interval: str) -> str:
+    """The folder (and file name stem) of one interval's bars."""
     return f"bars-{interval}"
+
+
+def curated_day_folder(symbol: str, day: str) -> str:
+    """A curated day's folder; `symbol` and `day` may be placeholders (Athena's partition projection fills
+    `${symbol}`, `${day}`)."""
+    return f"{CURATED_PREFIX}exchange={EXCHANGE}/symbol={symbol}/date={day}/"
 
 
 def curated_table_folder(symbol: str, day: str, table: str) -> str:
     """The folder of one table's Parquet files for a symbol's day. A query engine reads every object under a
-    table's folder (Athena does), so each table lives apart from the JSONL, the manifest and the other tables.
-    `symbol` and `day` may be placeholders (Athena's partition projection fills `${symbol}`, `${day}`)."""
-    return f"{CURATED_PREFIX}exchange={EXCHANGE}/symbol={symbol}/date={day}/{table}/"
+    table's folder (Athena does), so each table lives apart from the JSONL, the manifest and the other tables."""
+    return curated_day_folder(symbol, day) + f"{table}/"
 
 
 def curated_trades_parquet_key(symbol: str, day: date, sha256: str) -> str:
     """The curated day as Parquet, named by its content like the JSONL."""
-    return curated_table_folder(symbol, f"{day:%Y-%m-%d}", TRADES_TABLE) + f"trades-{sha256[:16]}" + PARQUET_SUFFIX
+    folder = curated_table_folder(symbol, f"{day:%Y-%m-%d}", TRADES_TABLE)
+    return folder + f"{TRADES_TABLE}-{sha256[:16]}" + PARQUET_SUFFIX
 
 
 def curated_bars_key(symbol: str, day: date, interval: str, sha256: str) -> str:
@@ -113,4 +118,4 @@ def curated_bars_key(symbol: str, day: date, interval: str, sha256: str) -> str:
 
 
 def _curated_folder(symbol: str, day: date) -> str:
-    return f"{CURATED_PREFIX}exchange={EXCHANGE}/symbol={symbol}/date={day:%Y-%m-%d}/"
+    return curated_day_folder(symbol, f"{day:%Y-%m-%d}")
