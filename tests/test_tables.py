@@ -16,7 +16,7 @@ from audit.bars import INTERVALS, as_klines, bars, coarser
 from audit.binance_rest import HistoricalTrades
 from audit.days import day_bounds_ms
 from audit.parquet_day import NotExact, TradesParquet, trades_table
-from sandbox.binance_rest import HistoryServer
+from sandbox.binance_rest import HistoryServer, klines
 from sandbox.market import Market, MarketTrade
 
 DAY = date(2026, 11, 28)
@@ -104,6 +104,21 @@ def test_bars_equal_the_klines_the_rest_stub_computes_on_its_own(interval) -> No
     assert open_times == sorted(seconds_with_trades)
     if interval == "1s":
         assert open_times[-1] - open_times[0] + width > len(open_times) * width  # there were quiet seconds
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(min_value=0, max_value=2_500), units, st.integers(0, 10**12), st.booleans()),
+                min_size=1, max_size=60),
+       st.sampled_from(list(INTERVALS)))
+def test_bars_equal_the_stubs_plain_loop_on_any_trades(steps, interval) -> None:
+    """Gaps of 0 ms (several trades in one millisecond) to 2.5 s, any price, any quantity."""
+    trades, time = [], START
+    for n, (step, price, qty, maker) in enumerate(steps):
+        time += step
+        trades.append(MarketTrade(5_400_000_000 + n, _text(price), _text(qty), "0", time, maker))
+    market = Market(SYMBOL, trades)
+    table = trades_table(b"".join(t.stream_line(SYMBOL) + b"\n" for t in trades))
+    assert as_klines(bars([table], interval)) == klines(market, INTERVALS[interval][0])
 
 
 @settings(max_examples=40, deadline=None)
