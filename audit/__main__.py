@@ -125,7 +125,11 @@ def _query(args: argparse.Namespace, s3: Any) -> int:
     except ValueError as exc:
         print(f"audit: {exc}", file=sys.stderr)
         return 2
-    selection = query.fetch(s3, args.bucket, args.symbol, days, args.cache / args.bucket, quiet=args.quiet)
+    try:
+        selection = query.fetch(s3, args.bucket, args.symbol, days, args.cache / args.bucket, quiet=args.quiet)
+    except query.DamagedObject as exc:
+        print(f"audit: {exc}", file=sys.stderr)
+        return 2
     print(f"query: {selection.fetched} object(s) fetched, {selection.cached} from the cache; "
           f"{len(selection.raw_days)} symbol-day(s) not compacted read from raw objects", file=sys.stderr)
     try:

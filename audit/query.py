@@ -13,6 +13,7 @@ manifest names them, and, for a day not yet compacted, the raw and backfilled da
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sys
@@ -35,6 +36,10 @@ from audit.parquet_day import PRICE, QUOTE, TRADES_SCHEMA
 from collector.keys import BACKFILL_PREFIX, DATA_PREFIX, DATA_SUFFIX, curated_manifest_key, hour_prefix
 
 FORMATS = ("table", "csv", "parquet")
+
+
+class DamagedObject(Exception):
+    """A Parquet object whose sha256 is not the one its curated manifest gives."""
 MAX_DAYS = 366  # one request a day at least; a longer range is more likely a typo than a wish
 
 
@@ -76,16 +81,16 @@ def fetch(s3: Any, name: str, symbols: Iterable[str], days: Iterable[date], cach
           quiet: bool = True) -> Selection:
     """Fetches into `cache` what the views need for `symbols` x `days`, and says which file is whose."""
     selection = Selection(cache, tables={view: [] for view in ("trades", *map(table_name, INTERVALS))})
-    keys: set[str] = set()
+    keys: dict[str, str | None] = {}  # key -> the sha256 its manifest gives (none for raw objects)
     raw_prefixes: list[str] = []
     wanted = [(symbol, day) for symbol in symbols for day in days]
     manifests = bucket.concurrently(lambda pair: _manifest(s3, name, *pair), wanted, desc="manifests", quiet=quiet)
     for (symbol, day), doc in zip(wanted, manifests, strict=True):
         if doc is not None and "tables" in doc:  # a curated day written before the tables is read raw
             for view, files in selection.tables.items():
-                key = doc["tables"][view]["key"]
-                keys.add(key)
-                files.append(cache / key)
+                table = doc["tables"][view]
+                keys[table["key"]] = table["sha256"]
+                files.append(cache / table["key"])
         else:
             selection.raw_days.append((symbol, day))
             raw_prefixes += [hour_prefix(prefix, symbol, d, h)
@@ -93,7 +98,7 @@ def fetch(s3: Any, name: str, symbols: Iterable[str], days: Iterable[date], cach
     if raw_prefixes:
         listed = bucket.list_objects(s3, name, sorted(set(raw_prefixes)), quiet=quiet)
         raw_keys = sorted(key for key in listed if key.endswith(DATA_SUFFIX))
-        keys.update(raw_keys)
+        keys.update(dict.fromkeys(raw_keys))
         selection.raw = [cache / key for key in raw_keys]
     missing = sorted(key for key in keys if not (cache / key).is_file())
     selection.cached = len(keys) - len(missing)
@@ -102,8 +107,11 @@ def fetch(s3: Any, name: str, symbols: Iterable[str], days: Iterable[date], cach
     def download(key: str) -> None:
         path = cache / key
         path.parent.mkdir(parents=True, exist_ok=True)
+        body = bucket.read(s3, name, key)
+        if keys[key] is not None and hashlib.sha256(body).hexdigest() != keys[key]:
+            raise DamagedObject(f"s3://{name}/{key} is not the object its manifest describes (sha256 differs)")
         with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as part:
-            part.write(bucket.read(s3, name, key))
+            part.write(body)
         Path(part.name).replace(path)  # a cached file is always whole
 
     bucket.concurrently(download, missing, desc="fetching", quiet=quiet)

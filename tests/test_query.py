@@ -119,3 +119,27 @@ def test_the_sql_athena_runs_parses_as_trino_and_answers_the_same_through_duckdb
             exact_volume = sum(Decimal(t.qty) for t in day)
         assert (symbol, on, count, volume, quote) == (SYMBOL, DAY, len(day), exact_volume, exact_quote)
         assert vwap == pytest.approx(float(exact_quote / exact_volume), rel=1e-12)
+
+
+def test_a_recompacted_day_replaces_its_tables_and_a_damaged_table_is_refused(s3_server, tmp_path) -> None:
+    name = "query-recompact"
+    s3_server.create_bucket(name)
+    client = bucket.client(s3_server.endpoint, REGION)
+    market = Market.generate(SYMBOL, start_ms=START - 600_000, end_ms=END + 600_000, spacing_ms=20_000, seed=4)
+    a, z = market.trades[0].id, market.trades[-1].id
+    write(client, name, market, [Run("i-a", a, z, lost=frozenset(range(a + 100, a + 200)))])
+    first = compact.run(client, check.run(client, name, SYMBOL, DAY, quiet=True), quiet=True)
+    write(client, name, market, [Run("i-b", a, z)])  # another replica fills the hole
+    second = compact.run(client, check.run(client, name, SYMBOL, DAY, quiet=True), quiet=True)
+    assert first.manifest["complete"] is False and second.manifest["complete"] is True
+    old = {t["key"] for t in first.manifest["tables"].values()}
+    new = {t["key"] for t in second.manifest["tables"].values()}
+    listed = {o["Key"] for o in client.list_objects_v2(Bucket=name, Prefix="curated/")["Contents"]}
+    assert old.isdisjoint(new) and listed == {second.data_key, second.manifest_key, *new}
+    con = query.connect(query.fetch(client, name, [SYMBOL], [DAY], tmp_path / "cache"))
+    assert con.sql("SELECT count(*) FROM trades").fetchall() == [(len(_day_trades(market, DAY)),)]
+
+    key = second.manifest["tables"]["bars_1m"]["key"]
+    client.put_object(Bucket=name, Key=key, Body=b"not the bars")
+    with pytest.raises(query.DamagedObject, match="bars-1m"):
+        query.fetch(client, name, [SYMBOL], [DAY], tmp_path / "other-cache")
