@@ -49,8 +49,8 @@ BATCH_ROWS = 65_536
 _LINE_FIELDS = pa.schema([("t", pa.int64()), ("p", pa.string()), ("q", pa.string()), ("T", pa.int64()),
                           ("E", pa.int64()), ("m", pa.bool_())])
 _PARSE = pa_json.ParseOptions(explicit_schema=_LINE_FIELDS, unexpected_field_behavior="ignore")
-# One block per batch (a line is ~200 bytes), on this thread: in threads Arrow kept twice the memory for the
-# same speed, as the merge's fetches already use the other cores.
+# One block per batch (a line is ~200 bytes), on this thread: in threads Arrow kept about twice the memory for
+# little gain, as the merge's fetches already keep the other core busy.
 _READ = pa_json.ReadOptions(use_threads=False, block_size=BATCH_ROWS * 512)
 
 
