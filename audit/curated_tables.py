@@ -23,7 +23,8 @@ from audit.bars import INTERVALS, bars, coarser
 from audit.parquet_day import BATCH_ROWS, COMPRESSION
 from collector.keys import curated_bars_key, curated_trades_parquet_key
 
-PARQUET_COLUMNS = ["trade_id", "price", "quantity", "quote_quantity", "trade_time", "buyer_is_maker"]
+# The trades columns the bars are computed from.
+BARS_INPUT = ["trade_id", "price", "quantity", "quote_quantity", "trade_time", "buyer_is_maker"]
 
 
 def table_name(interval: str) -> str:
@@ -62,7 +63,7 @@ def _table(name: str, path: Path, key_of: Any) -> Table:
 def build(trades_path: Path, symbol: str, day: date) -> list[Table]:
     """The trades file and its bars: the finest from the trades (read a batch at a time), the others from those."""
     tables = [_table("trades", trades_path, lambda sha: curated_trades_parquet_key(symbol, day, sha))]
-    batches = pq.ParquetFile(trades_path).iter_batches(batch_size=BATCH_ROWS, columns=PARQUET_COLUMNS)
+    batches = pq.ParquetFile(trades_path).iter_batches(batch_size=BATCH_ROWS, columns=BARS_INPUT)
     finest, *others = INTERVALS
     day_bars = {finest: bars((pa.Table.from_batches([b]) for b in batches), finest)}
     day_bars.update((interval, coarser(day_bars[finest], interval)) for interval in others)
