@@ -1,7 +1,8 @@
-"""`python -m audit`: completeness audit, backfill and compaction of one symbol's day.
+"""`python -m audit`: completeness audit, backfill and compaction of one symbol's day; SQL over the trades.
 
-Exit status: 0 when the day is complete, 1 when holes remain (or objects do not match their manifests, or
-compact cannot certify every line), 2 for bad input or when the bucket or the REST history cannot be read.
+Exit status: 0 when the day is complete (for `query`: when the query ran), 1 when holes remain (or
+objects do not match their manifests, or compact cannot certify every line), 2 for bad input, failing
+SQL, or when the bucket or the REST history cannot be read.
 """
 
 from __future__ import annotations
@@ -16,15 +17,16 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import msgspec
 from boto3.exceptions import Boto3Error
 from botocore.exceptions import BotoCoreError, ClientError
 
-from audit import backfill, binance_rest, bucket, check, compact, plot, report
+from audit import backfill, binance_rest, bucket, check, compact, parquet_day, plot, query, report
 from audit.corroborate import DEFAULT_MODE, Mode
 from collector.config import bucket_name, symbol_list
 
-COMMANDS = ("check", "backfill", "compact")
+COMMANDS = ("check", "backfill", "compact", "query")
 
 
 def _symbol(text: str) -> str:
@@ -61,7 +63,7 @@ def _as_argparse(fn: object) -> object:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m audit", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n")[1])
-    sub = parser.add_subparsers(dest="command", metavar="{check,backfill,compact}")
+    sub = parser.add_subparsers(dest="command", metavar="{check,backfill,compact,query}")
     yesterday = datetime.now(UTC).date() - timedelta(days=1)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--bucket", required=True, type=_as_argparse(bucket_name), help="the collector's bucket")
@@ -102,7 +104,49 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--corroborate", choices=[str(mode) for mode in Mode], default=str(DEFAULT_MODE),
                    help="which ids to confirm with historicalTrades: none; disputed (copies differ); single (those "
                    "and ids only one replica holds); all (default: %(default)s)")
+
+    q = sub.add_parser("query", help="SQL over the trades and bars with DuckDB, on this machine",
+                       description="Fetches the curated days' Parquet tables (or, for days not yet compacted, the "
+                       "raw objects) of the symbols and days given into a local cache, then runs SQL over the views "
+                       "trades, raw_trades, bars_1s, bars_1m and bars_1h (columns: docs/data.md).")
+    q.add_argument("sql", help="the query, in DuckDB's SQL")
+    q.add_argument("--bucket", required=True, type=_as_argparse(bucket_name), help="the collector's bucket")
+    q.add_argument("--symbol", default=["BTCUSDT"], type=_as_argparse(symbol_list),
+                   help="one or more, comma-separated (default: BTCUSDT)")
+    q.add_argument("--date", type=_as_argparse(_day), help=f"one UTC day (default: yesterday, {yesterday})")
+    q.add_argument("--from", dest="first", type=_as_argparse(_day), help="first day of a range")
+    q.add_argument("--to", dest="last", type=_as_argparse(_day), help="last day of a range (default: --from)")
+    q.add_argument("--format", choices=query.FORMATS, default="table", help="default: %(default)s")
+    q.add_argument("--output", type=Path, metavar="FILE", help="write the result here (needed for parquet)")
+    q.add_argument("--max-rows", type=int, default=100, help="rows a table shows (default: %(default)s)")
+    q.add_argument("--cache", type=Path, default=query.default_cache(), help="local cache (default: %(default)s)")
+    q.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
+
+
+def _query(args: argparse.Namespace, s3: Any) -> int:
+    if args.date is not None and args.first is not None:
+        print("audit: give --date or --from/--to, not both", file=sys.stderr)
+        return 2
+    first = args.first or args.date or datetime.now(UTC).date() - timedelta(days=1)
+    try:
+        days = query.days_between(first, args.last or first)
+    except ValueError as exc:
+        print(f"audit: {exc}", file=sys.stderr)
+        return 2
+    try:
+        selection = query.fetch(s3, args.bucket, args.symbol, days, args.cache / args.bucket, quiet=args.quiet)
+    except query.DamagedObject as exc:
+        print(f"audit: {exc}", file=sys.stderr)
+        return 2
+    print(f"query: {selection.fetched} object(s) fetched, {selection.cached} from the cache; "
+          f"{len(selection.raw_days)} symbol-day(s) not compacted read from raw objects", file=sys.stderr)
+    try:
+        query.output(query.connect(selection).sql(args.sql), args.format, args.output, max_rows=args.max_rows)
+    except (duckdb.Error, ValueError) as exc:
+        print(f"audit: query failed: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _print_backfill(result: backfill.Backfill) -> None:
@@ -117,6 +161,8 @@ def _print_backfill(result: backfill.Backfill) -> None:
 
 
 def _run(args: argparse.Namespace, s3: Any) -> int:
+    if args.command == "query":
+        return _query(args, s3)
     audit = check.run(s3, args.bucket, args.symbol, args.date, verify=getattr(args, "verify", False),
                       quiet=args.quiet)
     if args.command == "check":
@@ -173,6 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args, bucket.client())
     except (BotoCoreError, ClientError, Boto3Error) as exc:
         print(f"audit: cannot use s3://{args.bucket}: {exc}", file=sys.stderr)
+        return 2
+    except parquet_day.NotExact as exc:
+        print(f"audit: cannot compact: {exc}", file=sys.stderr)
         return 2
 
 

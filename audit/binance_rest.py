@@ -1,4 +1,5 @@
-"""Binance's REST trade history, `GET /api/v3/historicalTrades`: the source of the trades every replica missed.
+"""Binance's REST trade history, `GET /api/v3/historicalTrades`: the source of the trades every replica missed;
+and its klines, `GET /api/v3/klines`, to cross-check the bars computed from the trades.
 
 `HistoricalTrades` is the I/O shell (urllib). What it decides lives in plain functions without I/O: how long the
 weight budget says to wait (`WeightBudget`), whether an answer is trade
@@ -30,6 +31,7 @@ log = logging.getLogger("audit.binance_rest")
 DEFAULT_URL = "https://api.binance.com"
 PAGE_LIMIT = 1000
 CALL_WEIGHT = 25  # historicalTrades' request weight, whatever the limit
+KLINES_WEIGHT = 2  # klines' request weight
 IP_WEIGHT_PER_MINUTE = 6000  # Binance's REQUEST_WEIGHT limit per IP
 # 80% of it: other tools on the same IP keep room, and a miscount never reaches a 429 (and a 418 after it).
 DEFAULT_MAX_WEIGHT = 4800
@@ -81,13 +83,13 @@ class WeightBudget:
     used: int = 0
     window_start: float | None = None
 
-    def observe(self, used: int | None, now: float) -> None:
-        """An answer arrived at `now`; `used` is its used weight, None when it had no header."""
+    def observe(self, used: int | None, now: float, weight: int = CALL_WEIGHT) -> None:
+        """An answer to a call of `weight` arrived at `now`; `used` is its used weight, None without the header."""
         if self.window_start is None or now - self.window_start >= WINDOW_SECONDS:
             self.window_start, self.used = now, 0
         if used is None:
             # Not every answer on the way comes from Binance's API servers (a proxy's, a CDN's); count ours.
-            used = self.used + CALL_WEIGHT
+            used = self.used + weight
         elif used < self.used:
             self.window_start = now
         self.used = used
@@ -137,6 +139,21 @@ def check_page(body: bytes, symbol: str, from_id: int, limit: int) -> list[dict[
     return records
 
 
+def check_klines(body: bytes, limit: int) -> list[list[Any]]:
+    """The klines in a 200 answer to `GET /api/v3/klines`, or HistoryError if it is not such a list."""
+    try:
+        rows = msgspec.json.decode(body)
+    except msgspec.DecodeError as error:
+        raise HistoryError(f"malformed klines answer: not JSON ({error})") from None
+    if not isinstance(rows, list) or len(rows) > limit:
+        raise HistoryError(f"malformed klines answer: not a JSON array of at most {limit} klines: {body[:200]!r}")
+    for n, row in enumerate(rows):
+        if (not isinstance(row, list) or len(row) < 11 or type(row[0]) is not int or type(row[6]) is not int
+                or type(row[8]) is not int or not all(isinstance(row[i], str) for i in (1, 2, 3, 4, 5, 7, 9, 10))):
+            raise HistoryError(f"malformed klines answer: row {n} is not a kline: {row!r:.200}")
+    return rows
+
+
 def rest_url(text: str) -> str:
     """`text` if it is an http(s) URL with a host; urllib would also open file:// and others."""
     parts = urllib.parse.urlsplit(text)
@@ -175,22 +192,35 @@ class HistoricalTrades:
     def page(self, symbol: str, from_id: int, limit: int = PAGE_LIMIT) -> list[dict[str, Any]]:
         """Up to `limit` trades of `symbol` from id `from_id` on, oldest first; [] past the last trade."""
         query = urllib.parse.urlencode({"symbol": symbol, "fromId": from_id, "limit": limit})
-        url = f"{self.base_url}/api/v3/historicalTrades?{query}"
-        where = f"{symbol} fromId={from_id}"
+        body = self._call(f"/api/v3/historicalTrades?{query}", f"{symbol} fromId={from_id}", CALL_WEIGHT)
+        return check_page(body, symbol, from_id, limit)
+
+    def klines(self, symbol: str, interval: str, start_ms: int, end_ms: int,
+               limit: int = PAGE_LIMIT) -> list[list[Any]]:
+        """Binance's own klines (`GET /api/v3/klines`) whose open time is in [start_ms, end_ms], up to `limit`
+        from the start, for a cross-check of the bars computed from the trades."""
+        query = urllib.parse.urlencode({"symbol": symbol, "interval": interval, "startTime": start_ms,
+                                        "endTime": end_ms, "limit": limit})
+        body = self._call(f"/api/v3/klines?{query}", f"{symbol} klines {interval} from {start_ms}", KLINES_WEIGHT)
+        return check_klines(body, limit)
+
+    def _call(self, path: str, where: str, weight: int) -> bytes:
+        """The body of a 200 answer to GET `path`, with Binance's rules for waits and retries."""
+        url = f"{self.base_url}{path}"
         failures = 0
         backoff = Backoff(BACKOFF_FIRST_SECONDS, BACKOFF_CAP_SECONDS, self._rng)
         while True:
-            self._wait_for_budget()
+            self._wait_for_budget(weight)
             try:
                 status, headers, body = self._get(url)
             except (OSError, http.client.HTTPException) as error:  # refused, reset, timed out, torn answer
                 last_error = f"{type(error).__name__}: {error}"
                 delay = backoff.next()
             else:
-                self.weight_used += CALL_WEIGHT
-                self._budget.observe(_header_int(headers, "X-MBX-USED-WEIGHT-1M"), self._monotonic())
+                self.weight_used += weight
+                self._budget.observe(_header_int(headers, "X-MBX-USED-WEIGHT-1M"), self._monotonic(), weight)
                 if status == HTTPStatus.OK:
-                    return check_page(body, symbol, from_id, limit)
+                    return body
                 if status == HTTPStatus.IM_A_TEAPOT:
                     raise Banned(_header_int(headers, "Retry-After"))
                 code, msg = binance_error(body)
@@ -204,13 +234,13 @@ class HistoricalTrades:
                     raise HistoryError(f"Binance refused {where}: {last_error}", code=code)
             failures += 1
             if failures >= self.attempts:
-                raise HistoryUnavailable(f"no trade history for {where} after {failures} attempts: {last_error}")
-            log.warning("historicalTrades %s failed (%s); attempt %d of %d in %.1f s",
+                raise HistoryUnavailable(f"no answer for {where} after {failures} attempts: {last_error}")
+            log.warning("%s failed (%s); attempt %d of %d in %.1f s",
                         where, last_error, failures + 1, self.attempts, delay)
             self._sleep(delay)
 
-    def _wait_for_budget(self) -> None:
-        delay = self._budget.delay(self._monotonic())
+    def _wait_for_budget(self, weight: int) -> None:
+        delay = self._budget.delay(self._monotonic(), weight)
         if delay > 0:
             log.info("request weight %d of %d used this minute; waiting %.1f s for the next minute",
                      self._budget.used, self._budget.limit, delay)

@@ -28,7 +28,7 @@ from typing import Any, BinaryIO, NamedTuple
 import msgspec
 from botocore.exceptions import ClientError
 
-from audit import bucket
+from audit import bucket, curated_tables
 from audit.binance_rest import HistoricalTrades
 from audit.check import Audit
 from audit.corroborate import (
@@ -45,6 +45,7 @@ from audit.corroborate import (
 from audit.days import reaches_into
 from audit.entries import MAX_OBJECT_BYTES, Entry, instance_order
 from audit.objects import Line, check_object
+from audit.parquet_day import Tee, TradesParquet
 from audit.ranges import Hole
 from collector import manifest
 from collector.config import GZIP_LEVEL
@@ -264,10 +265,11 @@ def run(s3: Any, audit: Audit, *, mode: Mode = DEFAULT_MODE, history: Historical
                                                                                          limit))
     with tempfile.TemporaryDirectory(prefix="curated-") as tmp:
         path = Path(tmp) / "day.jsonl.gz"
-        with path.open("wb") as raw, open_gzip(raw, GZIP_LEVEL) as out:
+        trades_path = Path(tmp) / "trades.parquet"
+        with path.open("wb") as raw, open_gzip(raw, GZIP_LEVEL) as out, TradesParquet(trades_path) as table:
             bodies = bucket.progress(_fetch_in_order(s3, audit.bucket, sources), total=len(sources),
                                      desc="merging", quiet=quiet)
-            merged = merge_into(out, bodies, audit.symbol, cov.start_ms, cov.end_ms,
+            merged = merge_into(Tee(out, table), bodies, audit.symbol, cov.start_ms, cov.end_ms,  # type: ignore[arg-type]
                                 judge=judge_with(mode, exchange, audit.symbol), certificate=Certificate(mode))
         digest = hashlib.sha256()
         with path.open("rb") as f:
@@ -279,13 +281,17 @@ def run(s3: Any, audit: Audit, *, mode: Mode = DEFAULT_MODE, history: Historical
         doc = curated_manifest(audit, data_key, merged, path.stat().st_size, digest.hexdigest(),
                                int(time.time() * 1000) if now_ms is None else now_ms, len(sources), asked)
         previous = _previous_data_key(s3, audit.bucket, manifest_key)
+        previous_tables = curated_tables.previous_keys(s3, audit.bucket, manifest_key)
         s3.upload_file(str(path), audit.bucket, data_key,
                        ExtraArgs={"ServerSideEncryption": "AES256", "ContentType": "application/gzip"})
-    # The manifest is the switch: it names a data object that is already complete.
+        doc["tables"] = curated_tables.upload(s3, audit.bucket,
+                                              curated_tables.build(trades_path, audit.symbol, audit.day))
+    # The manifest is the switch: it names data objects that are already complete.
     s3.put_object(Bucket=audit.bucket, Key=manifest_key, Body=manifest.encode(doc),
                   ServerSideEncryption="AES256", ContentType="application/json")
     if previous is not None and previous != data_key:
         s3.delete_object(Bucket=audit.bucket, Key=previous)
+    curated_tables.delete_stale(s3, audit.bucket, previous_tables, doc["tables"])
     return Curated(data_key, manifest_key, doc, time.monotonic() - started)
 
 

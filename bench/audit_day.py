@@ -6,8 +6,8 @@ moto answers ~350 requests/s on this machine, so it would measure moto, not the 
 latency per request (sleeping, so the GIL is free, as it is while boto3 waits on a socket) and so measures
 what the audit controls: requests in flight, and its own CPU per manifest (JSON parse, schema check,
 coverage). Then the curated day is compacted from the three replicas (every data object read, 4.7 million
-trades a replica), with its time and the memory it adds at its peak. Prints the numbers and writes
-bench/audit_results.json.
+trades a replica) into its JSONL, its Parquet and its bars, with its time and the memory it adds at its
+peak. Prints the numbers and writes bench/audit_results.json.
 """
 
 from __future__ import annotations
@@ -145,10 +145,14 @@ def measure_compact(objects: dict[str, bytes], latency: float) -> dict[str, Any]
     wall = time.monotonic() - started
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     assert curated.manifest["complete"], curated.manifest["holes"]
+    trades = curated.manifest["tables"]["trades"]
     return {"latency_ms": latency * 1000, "objects": curated.manifest["source"]["objects"],
             "records": curated.manifest["payload"]["record_count"], "wall_s": round(wall, 2),
             "cpu_s": round(cpu1.ru_utime - cpu0.ru_utime + cpu1.ru_stime - cpu0.ru_stime, 2),
-            "peak_extra_mib": round(_rss_mib("VmHWM") - baseline, 1)}
+            "peak_extra_mib": round(_rss_mib("VmHWM") - baseline, 1),
+            "jsonl_gzip_mib": round(curated.manifest["payload"]["compressed_bytes"] / 2**20, 1),
+            "parquet_mib": round(trades["bytes"] / 2**20, 1), "parquet_row_groups": trades["row_groups"],
+            "bars_1s": curated.manifest["tables"]["bars_1s"]["rows"]}
 
 
 def measure(objects: dict[str, bytes], latency: float) -> dict[str, Any]:
@@ -186,7 +190,8 @@ def main() -> None:
     merged = measure_compact(objects, args.compact_latency_ms / 1000)
     print(f"\ncompact at {merged['latency_ms']:.0f} ms/request: {merged['objects']} objects, {merged['records']} "
           f"trades in {merged['wall_s']:.1f} s ({merged['cpu_s']:.1f} s CPU), memory at its peak "
-          f"+{merged['peak_extra_mib']:.0f} MiB")
+          f"+{merged['peak_extra_mib']:.0f} MiB; JSONL gzip {merged['jsonl_gzip_mib']} MiB, Parquet (zstd) "
+          f"{merged['parquet_mib']} MiB in {merged['parquet_row_groups']} row groups, {merged['bars_1s']} 1 s bars")
     RESULTS.write_text(json.dumps({"day": DAY.isoformat(), "rows": rows, "compact": merged}, indent=2) + "\n")
 
 

@@ -15,8 +15,12 @@ MANIFEST_PREFIX = "manifests/"
 BACKFILL_PREFIX = "backfill/"
 BACKFILL_INSTANCE = "backfill"
 CURATED_PREFIX = "curated/"
+# Athena's query results (the operator's queries), expired by the bucket's lifecycle.
+ATHENA_RESULTS_PREFIX = "athena-results/"
 DATA_SUFFIX = ".jsonl.gz"
+PARQUET_SUFFIX = ".parquet"
 MANIFEST_SUFFIX = ".manifest.json"
+TRADES_TABLE = "trades"  # the curated day's Parquet trades: their folder and file name stem
 
 _PART_RE = re.compile(r"^(?P<symbol>[A-Z0-9]+)-(?P<instance>.+)-(?P<ts>\d{8}T\d{9}Z)$")
 
@@ -66,7 +70,12 @@ class Part:
 
 def hour_prefix(prefix: str, symbol: str, day: date, hour: int) -> str:
     """The folder of one hour's objects under `prefix` (raw/, manifests/ or backfill/)."""
-    return f"{prefix}exchange={EXCHANGE}/stream={STREAM}/symbol={symbol}/date={day:%Y-%m-%d}/hour={hour:02d}/"
+    return hour_folder(prefix, symbol, f"{day:%Y-%m-%d}", f"{hour:02d}")
+
+
+def hour_folder(prefix: str, symbol: str, day: str, hour: str) -> str:
+    """`hour_prefix` from strings, which may be placeholders (Athena's partition projection fills them)."""
+    return f"{prefix}exchange={EXCHANGE}/stream={STREAM}/symbol={symbol}/date={day}/hour={hour}/"
 
 
 def curated_manifest_key(symbol: str, day: date) -> str:
@@ -79,5 +88,34 @@ def curated_data_key(symbol: str, day: date, sha256: str) -> str:
     return _curated_folder(symbol, day) + f"trades-{sha256[:16]}" + DATA_SUFFIX
 
 
+def bars_table(interval: str) -> str:
+    """The folder (and file name stem) of one interval's bars."""
+    return f"bars-{interval}"
+
+
+def curated_day_folder(symbol: str, day: str) -> str:
+    """A curated day's folder; `symbol` and `day` may be placeholders (Athena's partition projection fills
+    `${symbol}`, `${day}`)."""
+    return f"{CURATED_PREFIX}exchange={EXCHANGE}/symbol={symbol}/date={day}/"
+
+
+def curated_table_folder(symbol: str, day: str, table: str) -> str:
+    """The folder of one table's Parquet files for a symbol's day. A query engine reads every object under a
+    table's folder (Athena does), so each table lives apart from the JSONL, the manifest and the other tables."""
+    return curated_day_folder(symbol, day) + f"{table}/"
+
+
+def curated_trades_parquet_key(symbol: str, day: date, sha256: str) -> str:
+    """The curated day as Parquet, named by its content like the JSONL."""
+    folder = curated_table_folder(symbol, f"{day:%Y-%m-%d}", TRADES_TABLE)
+    return folder + f"{TRADES_TABLE}-{sha256[:16]}" + PARQUET_SUFFIX
+
+
+def curated_bars_key(symbol: str, day: date, interval: str, sha256: str) -> str:
+    """One day's bars (klines) of `interval` (`1s`, `1m`, `1h`), named by their content."""
+    table = bars_table(interval)
+    return curated_table_folder(symbol, f"{day:%Y-%m-%d}", table) + f"{table}-{sha256[:16]}" + PARQUET_SUFFIX
+
+
 def _curated_folder(symbol: str, day: date) -> str:
-    return f"{CURATED_PREFIX}exchange={EXCHANGE}/symbol={symbol}/date={day:%Y-%m-%d}/"
+    return curated_day_folder(symbol, f"{day:%Y-%m-%d}")

@@ -1,9 +1,12 @@
-"""A local Binance-compatible REST trade history: `GET /api/v3/historicalTrades` on 127.0.0.1, for the audit's
-tests and the demo.
+"""A local Binance-compatible REST API on 127.0.0.1 for the audit's tests and the demo: the trade history
+(`GET /api/v3/historicalTrades`) and klines (`GET /api/v3/klines`).
 
 It answers from `Market`s (the ground truth), charges Binance's weight per call in a one-minute window and
 reports it in `X-MBX-USED-WEIGHT-1M`, refuses calls over the limit with 429 as Binance does, and plays
 Binance's other failures (5xx, 429, 418) on demand.
+
+Its klines are computed here, on purpose apart from the audit's bar code (a loop over the market's trades
+with Python's Decimal), so that a test comparing the two compares two computations.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import math
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -19,10 +24,13 @@ from urllib.parse import parse_qs, urlsplit
 import msgspec
 
 from sandbox.loopback import ServedInThread
-from sandbox.market import Market
+from sandbox.market import Market, MarketTrade
 
 PATH = "/api/v3/historicalTrades"
+KLINES_PATH = "/api/v3/klines"
 CALL_WEIGHT = 25
+KLINES_WEIGHT = 2
+KLINE_INTERVALS_MS = {"1s": 1_000, "1m": 60_000, "1h": 3_600_000}
 WINDOW_SECONDS = 60.0
 DEFAULT_LIMIT = 500
 MAX_LIMIT = 1000
@@ -68,8 +76,10 @@ class HistoryServer(ServedInThread):
     def answer(self, path: str, api_key: str | None) -> Answer:
         """Status, headers and body for one GET of `path` (with its query string)."""
         url = urlsplit(path)
-        if url.path != PATH:
+        weights = {PATH: CALL_WEIGHT, KLINES_PATH: KLINES_WEIGHT}
+        if url.path not in weights:
             return _error(HTTPStatus.NOT_FOUND, *_UNKNOWN_ERROR, {})
+        weight = weights[url.path]
         with self._lock:
             self.calls += 1
             self.api_keys.append(api_key)
@@ -86,14 +96,45 @@ class HistoryServer(ServedInThread):
                     headers["Retry-After"] = str(retry_after)
                 code, msg = _INJECTED_ERRORS.get(status, _SERVER_ERROR if status >= 500 else _UNKNOWN_ERROR)
                 return _error(status, code, msg.format(limit=self.weight_limit), headers)
-            if self._weight + CALL_WEIGHT > self.weight_limit:
+            if self._weight + weight > self.weight_limit:
                 left = WINDOW_SECONDS - (now - self._window_start)
                 headers["Retry-After"] = str(max(1, math.ceil(left)))
                 code, msg = _INJECTED_ERRORS[HTTPStatus.TOO_MANY_REQUESTS]
                 return _error(HTTPStatus.TOO_MANY_REQUESTS, code, msg.format(limit=self.weight_limit), headers)
-            self._weight += CALL_WEIGHT
+            self._weight += weight
             headers["X-MBX-USED-WEIGHT-1M"] = str(self._weight)
+            if url.path == KLINES_PATH:
+                return self._klines(parse_qs(url.query), headers)
             return self._history(parse_qs(url.query), headers)
+
+    def _klines(self, query: dict[str, list[str]], headers: dict[str, str]) -> Answer:
+        """Klines whose open time is in [startTime, endTime], the first `limit` of them from startTime (the
+        last `limit` without startTime), as Binance answers; seconds without trades have none."""
+        market = self.markets.get(query.get("symbol", [""])[0])
+        if market is None:
+            return _error(HTTPStatus.BAD_REQUEST, -1121, "Invalid symbol.", headers)
+        interval = query.get("interval", [""])[0]
+        if interval not in KLINE_INTERVALS_MS:
+            return _error(HTTPStatus.BAD_REQUEST, -1120, "Invalid interval.", headers)
+        numbers: dict[str, int | None] = {}
+        for name in ("startTime", "endTime", "limit"):
+            text = query.get(name, [None])[0]
+            if text is not None and not text.isdigit():
+                return _error(HTTPStatus.BAD_REQUEST, -1100,
+                              f"Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'.",
+                              headers)
+            numbers[name] = None if text is None else int(text)
+        start, end, limit = numbers["startTime"], numbers["endTime"], numbers["limit"] or DEFAULT_LIMIT
+        if not 1 <= limit <= MAX_LIMIT:
+            return _error(HTTPStatus.BAD_REQUEST, -1100,
+                          f"Illegal characters found in parameter 'limit'; legal range is '1' to '{MAX_LIMIT}'.",
+                          headers)
+        rows = [row for row in klines(market, KLINE_INTERVALS_MS[interval])
+                if (start is None or row[0] >= start) and (end is None or row[0] <= end)]  # type: ignore[operator]
+        rows = rows[:limit] if start is not None else rows[-limit:]
+        self.requests.append((market.symbol, start, limit))
+        headers["Content-Type"] = "application/json;charset=UTF-8"
+        return HTTPStatus.OK, headers, msgspec.json.encode(rows)
 
     def _history(self, query: dict[str, list[str]], headers: dict[str, str]) -> Answer:
         symbol = query.get("symbol", [""])[0]
@@ -118,6 +159,53 @@ class HistoryServer(ServedInThread):
         self.requests.append((symbol, from_id, limit))
         headers["Content-Type"] = "application/json;charset=UTF-8"
         return HTTPStatus.OK, headers, msgspec.json.encode([trade.rest_record() for trade in trades])
+
+
+@dataclass
+class _Kline:
+    open_time: int
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal = Decimal(0)
+    quote: Decimal = Decimal(0)
+    count: int = 0
+    taker_base: Decimal = Decimal(0)
+    taker_quote: Decimal = Decimal(0)
+
+    def row(self, width_ms: int) -> list[object]:
+        def text(value: Decimal) -> str:
+            return f"{value.quantize(Decimal('0.00000001'), rounding=ROUND_HALF_EVEN):f}"
+
+        return [self.open_time, text(self.open), text(self.high), text(self.low), text(self.close),
+                text(self.volume), self.open_time + width_ms - 1, text(self.quote), self.count,
+                text(self.taker_base), text(self.taker_quote), "0"]
+
+
+def klines(market: Market, width_ms: int) -> list[list[object]]:
+    """Every kline of `market` at `width_ms`, by a plain loop: trades in id order, a new kline where the bucket
+    of trade time changes; decimals exact, printed with 8 places (half to even) as Binance prints them."""
+    done: list[_Kline] = []
+    with localcontext(prec=76):  # exact: Decimal's default 28 digits could round a product or a sum
+        for trade in market.trades:
+            _add(done, trade, width_ms)
+    return [k.row(width_ms) for k in done]
+
+
+def _add(done: list[_Kline], trade: MarketTrade, width_ms: int) -> None:
+    price, qty = Decimal(trade.price), Decimal(trade.qty)
+    open_time = trade.time - trade.time % width_ms
+    if not done or done[-1].open_time != open_time:
+        done.append(_Kline(open_time, price, price, price, price))
+    k = done[-1]
+    k.high, k.low, k.close = max(k.high, price), min(k.low, price), price
+    k.volume += qty
+    k.quote += price * qty
+    k.count += 1
+    if not trade.is_buyer_maker:  # the buyer took the liquidity
+        k.taker_base += qty
+        k.taker_quote += price * qty
 
 
 class _Server(ThreadingHTTPServer):

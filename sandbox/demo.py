@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from audit import bucket as audit_bucket
-from audit import check, report
+from audit import check, compact, query, report
 from collector.config import ALLOW_INSECURE_WS_ENV, SHUTDOWN_TIMEOUT
 from sandbox.feed import FeedThread
 from sandbox.local_s3 import BACKENDS, LocalS3, running_s3
@@ -85,6 +85,7 @@ def main() -> int:
                 ok = ok and landed == sent and sent > 0
             print(line)
         ok = _audit(s3, symbols) and ok
+        ok = _last_minute_bars(s3, symbols.upper().split(",")) and ok
         print("demo: " + ("OK" if ok else "FAILED"))
         return 0 if ok else 1
     return 1
@@ -102,6 +103,30 @@ def _audit(s3: LocalS3, symbols: str) -> bool:
         inner = [h for h in audit.coverage.holes if h.first is not None and h.last is not None]
         ok = ok and not inner and not audit.rejected and not audit.mismatches
     return ok
+
+
+LAST_MINUTE_SQL = ("SELECT symbol, open_time, open, high, low, close, volume, number_of_trades FROM bars_1s "
+                   "WHERE open_time >= (SELECT max(open_time) FROM bars_1s) - INTERVAL 59 SECOND "
+                   "ORDER BY symbol, open_time")
+
+
+def _last_minute_bars(s3: LocalS3, symbols: list[str]) -> bool:
+    """Compacts today (the Parquet tables come with it) and asks DuckDB for the last minute's 1 s bars."""
+    client = s3.client(audit_bucket.CLIENT_CONFIG)  # the operator's credentials on this server
+    today = datetime.now(UTC).date()
+    for symbol in symbols:
+        print(f"\n$ python -m audit compact --bucket {BUCKET} --symbol {symbol} --date today")
+        curated = compact.run(client, check.run(client, BUCKET, symbol, today, quiet=True), quiet=True)
+        tables = curated.manifest["tables"]
+        print(f"compact: {curated.manifest['payload']['record_count']} trades; Parquet: "
+              + ", ".join(f"{name} {t['rows']} rows" for name, t in tables.items()))
+    print(f'\n$ python -m audit query --bucket {BUCKET} --symbol {",".join(symbols)} --date today "{LAST_MINUTE_SQL}"')
+    with tempfile.TemporaryDirectory(prefix="demo-cache-") as cache:
+        selection = query.fetch(client, BUCKET, symbols, [today], Path(cache))
+        relation = query.connect(selection).sql(LAST_MINUTE_SQL)
+        rows = relation.fetchall()
+        query.output(relation, "table", None, max_rows=len(rows) + 1)
+    return bool(rows)
 
 
 if __name__ == "__main__":

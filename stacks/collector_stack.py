@@ -1,4 +1,5 @@
-"""The one stack: raw bucket + collector fleet, and the single permission that connects them."""
+"""The one stack: raw bucket + collector fleet, and the single permission that connects them; Athena over the
+bucket for the operator's SQL."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from collector.keys import DATA_PREFIX, MANIFEST_PREFIX
+from stacks.analytics import Analytics
 from stacks.fleet import CollectorFleet
 from stacks.raw_bucket import RawBucket
 from stacks.settings import Settings
@@ -79,6 +81,8 @@ class CollectorStack(cdk.Stack):
                 )
             )
 
+        self.analytics = Analytics(self, "Analytics", bucket=bucket, symbols=settings.symbols)
+
         cdk.CfnOutput(self, "BucketName", value=bucket.bucket_name, description="where the trades land")
         cdk.CfnOutput(self, "InstanceRoleArn", value=self.fleet.role.role_arn, description="collectors' role")
         cdk.CfnOutput(
@@ -87,3 +91,5 @@ class CollectorStack(cdk.Stack):
             value=cdk.Fn.join(",", [instance.instance_id for instance in self.fleet.instances]),
             description="comma-separated collector instance ids",
         )
+        cdk.CfnOutput(self, "AthenaWorkGroup", value=self.analytics.workgroup.ref,
+                      description="Athena workgroup (and Glue database) for SQL over the trades")

@@ -285,6 +285,11 @@ def remove_network_leftovers(server: MotoServer, stack_name: str) -> list[str]:
 # OwnershipControls (GetPublicAccessBlock says there is none); asserted on the template (test_stack.py).
 # GAP (no workaround): moto's CloudFormation does not model AWS::S3::BucketPolicy (the TLS-only policy), and
 # moto's IAM does not evaluate conditions; both stay asserted on the synthesized template (test_stack.py).
+# GAP (no workaround): moto's CloudFormation does not model AWS::Glue::Database/Table or AWS::Athena::WorkGroup/
+# NamedQuery, and does not apply a bucket's LifecycleConfiguration (the rule that expires Athena's results): it
+# lists the resources without creating them; their properties (projection, the workgroup's enforced settings,
+# the lifecycle rule) are asserted on the template (test_stack.py) and their SQL is run offline through DuckDB
+# (test_query.py).
 # GAP (not exercised): a second `cdk deploy` of the same stack trips over the SSM-typed parameters in moto
 # (the AMI and the bootstrap version); the rehearsal deploys once.
 

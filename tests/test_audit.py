@@ -201,7 +201,8 @@ def test_backfill_then_compact_make_the_ground_truth_day(day, s3_server) -> None
 
     assert rerun.manifest == doc  # same sources, same answers, same day, same bytes
     listed = client.list_objects_v2(Bucket=bucket, Prefix="curated/")["Contents"]
-    assert sorted(o["Key"] for o in listed) == sorted([curated.data_key, curated.manifest_key])
+    tables = [table["key"] for table in doc["tables"].values()]
+    assert sorted(o["Key"] for o in listed) == sorted([curated.data_key, curated.manifest_key, *tables])
 
 
 def test_an_open_start_is_walked_back_and_then_bracketed_from_the_command_line(s3_server) -> None:

@@ -20,6 +20,7 @@ from audit.binance_rest import (
     HistoryError,
     HistoryUnavailable,
     WeightBudget,
+    check_klines,
     check_page,
 )
 from audit.days import day_bounds_ms
@@ -316,3 +317,12 @@ def test_stub_refuses_over_its_weight_limit_with_429_and_retry_after(market: Mar
 def test_stub_answers_404_elsewhere(server: HistoryServer):
     assert raw_get(f"{server.url}/api/v3/trades?symbol={SYMBOL}")[0] == 404
     assert server.calls == 0
+
+
+def test_a_klines_answer_must_be_a_list_of_klines() -> None:
+    row = [1795824000000, "1.00000000", "1.00000000", "1.00000000", "1.00000000", "2.00000000", 1795824000999,
+           "2.00000000", 1, "0.00000000", "0.00000000", "0"]
+    assert check_klines(msgspec.json.encode([row]), 10) == [row]
+    for body in (b"nope", b'{"code": -1}', msgspec.json.encode([row] * 3), msgspec.json.encode([[*row[:6], "x"]])):
+        with pytest.raises(HistoryError, match="malformed klines answer"):
+            check_klines(body, 2)

@@ -10,13 +10,19 @@ from pathlib import Path
 import pytest
 
 import userdata
+from audit import query
+from audit.bars import BARS_SCHEMA, INTERVALS
 from audit.corroborate import DEFAULT_MODE, DISAGREEMENTS_LISTED, Mode
 from audit.entries import MANIFEST_MAX_BYTES, MAX_OBJECT_BYTES
+from audit.parquet_day import PRICE, QUOTE, ROW_GROUP_ROWS, TRADES_SCHEMA
 from collector import config, keys
 from collector.backoff import RECONNECT_CAP_SECONDS, Backoff
 from collector.connect_budget import burst, pace_seconds, startup_seconds
 from collector.frames import MAX_MESSAGE_BYTES
 from collector.handover import HANDOVER_SPREAD_SECONDS
+from collector.keys import ATHENA_RESULTS_PREFIX
+from stacks.analytics import BYTES_SCANNED_CUTOFF, FIRST_DAY, NAMED_QUERIES, RAW_TABLE, RESULTS_EXPIRE_DAYS
+from stacks.application import STACK_NAME
 from stacks.settings import CONTEXT_KEYS
 from tests.cdk_support import REPO_ROOT, cdk_context
 from userdata.archive import collector_archive
@@ -206,3 +212,39 @@ def test_the_corroboration_modes_and_default_are_the_ones_the_docs_state() -> No
         text = _text(page)
         assert re.findall(r"`(\w+)` \(the default", text) == [str(DEFAULT_MODE)], page
         assert all(f"`{mode}`" in text for mode in Mode), page
+
+
+# SQL: the Parquet tables, the query tool, Athena
+
+DATA = (REPO_ROOT / "docs" / "data.md").read_text()
+OPERATIONS_MD = (REPO_ROOT / "docs" / "operations.md").read_text()
+
+
+def _section(text: str, heading: str) -> str:
+    """From `heading` to the next heading of its level or above."""
+    start = text.index(heading)
+    level = len(heading.split()[0])
+    following = re.search(rf"\n#{{1,{level}}} ", text[start + len(heading):])
+    return text[start:start + len(heading) + following.start()] if following else text[start:]
+
+
+def test_data_md_states_the_tables_columns_types_and_row_groups() -> None:
+    sql = _section(DATA, "## SQL over the trades")
+    rows = dict(re.findall(r"^\| `(\w+)` \| `([^`]+)`", sql, re.MULTILINE))
+    assert list(rows) == TRADES_SCHEMA.names
+    assert rows["price"] == rows["quantity"] == f"DECIMAL({PRICE.precision},{PRICE.scale})"
+    assert rows["quote_quantity"] == f"DECIMAL({QUOTE.precision},{QUOTE.scale})"
+    assert f"row groups of {ROW_GROUP_ROWS:,} trades" in sql
+    assert ", ".join(f"`{name}`" for name in BARS_SCHEMA.names) in sql.replace("\n", " ")
+    assert ", ".join(f"`bars_{i}`" for i in INTERVALS) in sql
+    assert f"(at most {query.MAX_DAYS} days)" in sql.replace("\n", " ")
+    assert "~/.cache/tradecollector/<bucket>/" in sql and query.default_cache().name == "tradecollector"
+
+
+def test_operations_md_states_the_workgroups_settings_and_the_named_queries() -> None:
+    athena = _section(OPERATIONS_MD, "### Athena")
+    assert f"more than **{BYTES_SCANNED_CUTOFF // 1024**3} GiB** is cancelled" in athena
+    assert f"under `{ATHENA_RESULTS_PREFIX}`" in athena and f"after {RESULTS_EXPIRE_DAYS} days" in athena
+    assert f"`{STACK_NAME.lower()}`" in athena and f"from {FIRST_DAY} to today" in athena
+    assert f"`{RAW_TABLE}`" in athena
+    assert all(f"`{name}`" in athena for name in NAMED_QUERIES)

@@ -1,6 +1,15 @@
+from datetime import date
+
 import pytest
 
-from collector.keys import Part, timestamp
+from collector.keys import (
+    Part,
+    curated_bars_key,
+    curated_table_folder,
+    curated_trades_parquet_key,
+    hour_folder,
+    timestamp,
+)
 
 
 def test_keys_follow_the_design_layout():
@@ -25,3 +34,15 @@ def test_spool_names_round_trip_even_with_dashes_in_the_instance_id():
     assert Part.from_stem(part.stem) == part
     with pytest.raises(ValueError):
         Part.from_stem("notes")
+
+
+def test_each_curated_table_has_a_folder_of_its_own_and_athena_templates_share_the_layout():
+    day, sha = date(2026, 11, 28), "0123456789abcdef" + "0" * 48
+    assert curated_trades_parquet_key("BTCUSDT", day, sha) == (
+        "curated/exchange=binance/symbol=BTCUSDT/date=2026-11-28/trades/trades-0123456789abcdef.parquet")
+    assert curated_bars_key("BTCUSDT", day, "1s", sha) == (
+        "curated/exchange=binance/symbol=BTCUSDT/date=2026-11-28/bars-1s/bars-1s-0123456789abcdef.parquet")
+    assert curated_table_folder("${symbol}", "${day}", "trades") == (
+        "curated/exchange=binance/symbol=${symbol}/date=${day}/trades/")
+    assert Part("BTCUSDT", "i-0abc", 1764433201123).data_key.startswith(
+        hour_folder("raw/", "BTCUSDT", "2025-11-29", "16"))

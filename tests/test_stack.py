@@ -292,6 +292,74 @@ def test_outputs(template: Template) -> None:
     template.has_output("InstanceRoleArn", {"Value": {"Fn::GetAtt": [Match.any_value(), "Arn"]}})
     template.has_output("InstanceIds", {"Value": {"Fn::Join": [",", Match.any_value()]}})
     assert len(Template.to_json(template)["Outputs"]["InstanceIds"]["Value"]["Fn::Join"][1]) == 3
+    template.has_output("AthenaWorkGroup", {"Value": {"Ref": Match.any_value()}})
+
+
+# --- Athena -------------------------------------------------------------------------------------------------
+
+
+def _glue_tables(template_json: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {r["Properties"]["TableInput"]["Name"]: r["Properties"]["TableInput"]
+            for r in _resources(template_json, "AWS::Glue::Table").values()}
+
+
+def _location(template_json: dict[str, Any], value: Any) -> str:
+    """An s3:// location with the bucket's Ref resolved to `BUCKET`."""
+    assert value["Fn::Join"][0] == ""
+    return "".join(BUCKET if part == {"Ref": BUCKET} else part for part in value["Fn::Join"][1])
+
+
+def test_glue_tables_find_every_partition_by_projection_in_the_key_layout(template_json: dict[str, Any]) -> None:
+    tables = _glue_tables(template_json)
+    assert set(tables) == {"trades", "bars_1s", "bars_1m", "bars_1h", "raw_replicas"}
+    assert not _resources(template_json, "AWS::Glue::Crawler")
+    symbols = json.loads((REPO_ROOT / "cdk.json").read_text())["context"]["symbols"]
+    for name, table in tables.items():
+        params = table["Parameters"]
+        assert params["projection.enabled"] == "true" and params["projection.symbol.values"] == symbols
+        assert params["projection.day.type"] == "date" and params["projection.day.range"].endswith(",NOW")
+        assert [k["Name"] for k in table["PartitionKeys"]][:2] == ["symbol", "day"]
+        template = _location(template_json, params["storage.location.template"])
+        if name == "raw_replicas":
+            assert template == (f"s3://{BUCKET}/raw/exchange=binance/stream=trade/symbol=${{symbol}}/date=${{day}}/"
+                                "hour=${hour}/")
+            serde = table["StorageDescriptor"]["SerdeInfo"]
+            # Binance's keys differ only in case: the SerDe must match case, or E would read as e.
+            assert serde["Parameters"]["case.insensitive"] == "false"
+            assert serde["Parameters"]["mapping.event_time"] == "E" and serde["Parameters"]["mapping.trade_time"] == "T"
+        else:
+            folder = "trades" if name == "trades" else name.replace("_", "-")
+            assert template == f"s3://{BUCKET}/curated/exchange=binance/symbol=${{symbol}}/date=${{day}}/{folder}/"
+            assert table["StorageDescriptor"]["SerdeInfo"]["SerializationLibrary"].endswith("ParquetHiveSerDe")
+    trade_columns = {c["Name"]: c["Type"] for c in tables["trades"]["StorageDescriptor"]["Columns"]}
+    assert trade_columns == {"trade_id": "bigint", "price": "decimal(20,8)", "quantity": "decimal(20,8)",
+                             "quote_quantity": "decimal(38,16)", "trade_time": "timestamp",
+                             "event_time": "timestamp", "buyer_is_maker": "boolean"}
+
+
+def test_the_workgroup_enforces_encrypted_expiring_results_and_a_scan_cutoff(template_json: dict[str, Any]) -> None:
+    (workgroup,) = _resources(template_json, "AWS::Athena::WorkGroup").values()
+    config = workgroup["Properties"]["WorkGroupConfiguration"]
+    assert config["EnforceWorkGroupConfiguration"] is True  # a query cannot choose another place or no cutoff
+    assert config["BytesScannedCutoffPerQuery"] == 10 * 1024**3
+    results = config["ResultConfiguration"]
+    assert results["EncryptionConfiguration"] == {"EncryptionOption": "SSE_S3"}
+    assert _location(template_json, results["OutputLocation"]) == f"s3://{BUCKET}/athena-results/"
+    rules = template_json["Resources"][BUCKET]["Properties"]["LifecycleConfiguration"]["Rules"]
+    assert {"Id": "ExpireAthenaResults", "Prefix": "athena-results/", "ExpirationInDays": 7,
+            "Status": "Enabled"} in rules
+    assert workgroup["Properties"]["RecursiveDeleteOption"] is True  # cdk destroy removes it with its history
+
+
+def test_named_queries_run_yesterday_in_the_workgroup_and_database(template_json: dict[str, Any]) -> None:
+    queries = {q["Properties"]["Name"]: q["Properties"]
+               for q in _resources(template_json, "AWS::Athena::NamedQuery").values()}
+    assert set(queries) == {"trades_of_a_day", "bars_1s_of_a_day", "vwap_of_a_day"}
+    (database,) = _resources(template_json, "AWS::Glue::Database").values()
+    for query in queries.values():
+        assert query["Database"] == database["Properties"]["DatabaseInput"]["Name"]
+        assert query["WorkGroup"] == {"Ref": next(iter(_resources(template_json, "AWS::Athena::WorkGroup")))}
+        assert "symbol = 'BTCUSDT' AND day = current_date - INTERVAL '1' DAY" in query["QueryString"]
 
 
 # --- user-data ----------------------------------------------------------------------------------------------
