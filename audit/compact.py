@@ -255,8 +255,9 @@ def _previous_data_key(s3: Any, name: str, manifest_key: str) -> str | None:
 
 
 def run(s3: Any, audit: Audit, *, mode: Mode = DEFAULT_MODE, history: HistoricalTrades | None = None,
-        quiet: bool = False, now_ms: int | None = None) -> Curated:
-    """Compact `audit`'s day; `history` is asked what `mode` says (None: the exchange cannot be asked)."""
+        quiet: bool = False, now_ms: int | None = None, prune: bool = True) -> Curated:
+    """Compact `audit`'s day; `history` is asked what `mode` says (None: the exchange cannot be asked).
+    `prune=False` leaves the objects only a previous manifest named, for a caller that may not delete."""
     started = time.monotonic()
     cov = audit.coverage
     sources = choose_sources(audit.entries, cov.start_ms, cov.end_ms)
@@ -289,9 +290,10 @@ def run(s3: Any, audit: Audit, *, mode: Mode = DEFAULT_MODE, history: Historical
     # The manifest is the switch: it names data objects that are already complete.
     s3.put_object(Bucket=audit.bucket, Key=manifest_key, Body=manifest.encode(doc),
                   ServerSideEncryption="AES256", ContentType="application/json")
-    if previous is not None and previous != data_key:
-        s3.delete_object(Bucket=audit.bucket, Key=previous)
-    curated_tables.delete_stale(s3, audit.bucket, previous_tables, doc["tables"])
+    if prune:
+        if previous is not None and previous != data_key:
+            s3.delete_object(Bucket=audit.bucket, Key=previous)
+        curated_tables.delete_stale(s3, audit.bucket, previous_tables, doc["tables"])
     return Curated(data_key, manifest_key, doc, time.monotonic() - started)
 
 

@@ -1,0 +1,116 @@
+"""The daily job's handler, invoked in-process as Lambda would invoke it, against moto and the REST stub: a day
+with planted holes ends certified with its Parquet and bars; a second run writes nothing; a day Binance cannot
+fill reports its holes, writes no curated day and fails the invocation (the next hourly attempt retries it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+
+import msgspec
+import pytest
+from isal import igzip
+
+from audit import daily
+from audit.curated_tables import table_name
+from collector.keys import CURATED_PREFIX, curated_manifest_key
+from sandbox.binance_rest import HistoryServer
+from sandbox.local_s3 import LocalS3
+from tests.conftest import ROOT
+from tests.test_audit import DAY, SYMBOL, _plant
+
+NAMESPACE = "TestCollector/DailyJob"
+
+
+def _objects(s3: LocalS3, bucket: str) -> dict[str, tuple[str, datetime]]:
+    """Every key with its ETag and last-modified time: what a run that writes nothing leaves unchanged."""
+    client = s3.client()
+    return {o["Key"]: (o["ETag"], o["LastModified"])
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+            for o in page.get("Contents", [])}
+
+
+@pytest.fixture
+def planted(s3_server: LocalS3, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+            ) -> Iterator[tuple[str, object]]:
+    bucket = f"daily-{request.node.name.replace('_', '-')[:40]}"
+    s3_server.create_bucket(bucket)
+    day = _plant(s3_server, bucket)
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv(daily.BUCKET_ENV, bucket)
+    monkeypatch.setenv(daily.NAMESPACE_ENV, NAMESPACE)
+    yield bucket, day
+    client = s3_server.client()
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for obj in page.get("Contents", []):
+            client.delete_object(Bucket=bucket, Key=obj["Key"])
+    client.delete_bucket(Bucket=bucket)
+
+
+def _metrics(out: str) -> dict[str, object]:
+    """The run's Embedded Metric Format line, checked for what CloudWatch needs to extract the metrics."""
+    (line,) = [line for line in out.splitlines() if line.startswith('{"_aws"')]
+    doc = json.loads(line)
+    (directive,) = doc["_aws"]["CloudWatchMetrics"]
+    assert directive["Namespace"] == NAMESPACE and directive["Dimensions"] == [[daily.SYMBOL_DIMENSION]]
+    for metric in directive["Metrics"]:
+        assert isinstance(doc[metric["Name"]], int | float)
+    return doc
+
+
+def test_a_day_with_holes_ends_certified_and_a_second_run_writes_nothing(planted, s3_server, monkeypatch,
+                                                                         capsys) -> None:
+    bucket, day = planted
+    client = s3_server.client()
+    with HistoryServer({SYMBOL: day.market}) as rest:
+        monkeypatch.setenv(daily.REST_URL_ENV, rest.url)
+        done = daily.handler({"symbol": SYMBOL, "date": DAY.isoformat()}, None)
+        assert done == {"symbol": SYMBOL, "date": DAY.isoformat(), "certified": True, "already_certified": False}
+        first = _metrics(capsys.readouterr().out)
+        assert (first["Certified"], first["HolesRemaining"], first["backfilled"]) == (1, 0, 49 + 3)
+
+        manifest = client.get_object(Bucket=bucket, Key=curated_manifest_key(SYMBOL, DAY))
+        doc = msgspec.json.decode(manifest["Body"].read())
+        assert doc["complete"] is True
+        body = client.get_object(Bucket=bucket, Key=doc["payload"]["key"])["Body"].read()
+        assert igzip.decompress(body).splitlines() == day.market.day_lines(DAY)
+        assert set(doc["tables"]) == {"trades", *(table_name(i) for i in ("1s", "1m", "1h"))}
+        for table in doc["tables"].values():
+            assert client.head_object(Bucket=bucket, Key=table["key"])["ContentLength"] == table["bytes"]
+
+        before, calls = _objects(s3_server, bucket), rest.calls
+        again = daily.handler({"symbol": SYMBOL, "date": DAY.isoformat()}, None)
+        assert again["already_certified"] is True
+        second = _metrics(capsys.readouterr().out)
+        assert (second["Certified"], second["already_certified"]) == (1, True)
+        # By hand, the same job: also nothing to do.
+        env = {**os.environ, **s3_server.env()}
+        cli = subprocess.run([sys.executable, "-m", "audit", "daily", "--bucket", bucket, "--symbol", SYMBOL,
+                              "--date", DAY.isoformat(), "--rest-url", rest.url],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert cli.returncode == 0 and "already certified" in cli.stdout, cli.stdout + cli.stderr
+        assert rest.calls == calls
+    assert _objects(s3_server, bucket) == before
+
+
+def test_a_day_binance_cannot_fill_reports_its_holes_and_fails(planted, s3_server, monkeypatch, capsys) -> None:
+    bucket, day = planted
+    with HistoryServer({SYMBOL: day.market}) as rest:
+        monkeypatch.setenv(daily.REST_URL_ENV, rest.url)
+        rest.fail_next(418, count=100, retry_after=120)  # this IP is banned for now
+        with pytest.raises(daily.DayNotCertified, match=r"NOT CERTIFIED, 2 hole\(s\) left: .*banned"):
+            daily.handler({"symbol": SYMBOL, "date": DAY.isoformat()}, None)
+    doc = _metrics(capsys.readouterr().out)
+    assert (doc["Certified"], doc["HolesRemaining"], doc["backfilled"]) == (0, 2, 0)
+    assert not any(key.startswith(CURATED_PREFIX) for key in _objects(s3_server, bucket))
+
+
+def test_the_job_runs_on_yesterday_unless_told_a_day() -> None:
+    now = datetime(2026, 12, 1, 0, 10, tzinfo=UTC)
+    assert daily.target_day({"symbol": SYMBOL}, now) == date(2026, 11, 30)
+    assert daily.target_day({"symbol": SYMBOL, "date": "2026-11-02"}, now) == date(2026, 11, 2)
