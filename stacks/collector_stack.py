@@ -1,5 +1,5 @@
 """The one stack: raw bucket + collector fleet, and the single permission that connects them; Athena over the
-bucket for the operator's SQL."""
+bucket for the operator's SQL; the daily job that certifies each day, held by the bucket to its own writes."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from constructs import Construct
 
 from collector.keys import DATA_PREFIX, MANIFEST_PREFIX
 from stacks.analytics import Analytics
+from stacks.daily_job import WRITE_ONCE_PREFIXES, DailyJob
 from stacks.fleet import CollectorFleet
 from stacks.raw_bucket import RawBucket
 from stacks.settings import Settings
@@ -82,6 +83,9 @@ class CollectorStack(cdk.Stack):
             )
 
         self.analytics = Analytics(self, "Analytics", bucket=bucket, symbols=settings.symbols)
+        self.daily_job = DailyJob(self, "DailyJob", bucket=bucket, symbols=settings.symbols)
+        self.daily_job_denials = self.raw_bucket.hold_job_writes(self.daily_job.role,
+                                                                 write_once_prefixes=WRITE_ONCE_PREFIXES)
 
         cdk.CfnOutput(self, "BucketName", value=bucket.bucket_name, description="where the trades land")
         cdk.CfnOutput(self, "InstanceRoleArn", value=self.fleet.role.role_arn, description="collectors' role")
@@ -91,5 +95,7 @@ class CollectorStack(cdk.Stack):
             value=cdk.Fn.join(",", [instance.instance_id for instance in self.fleet.instances]),
             description="comma-separated collector instance ids",
         )
+        cdk.CfnOutput(self, "DailyJobFunction", value=self.daily_job.function.function_name,
+                      description="the daily job (invoke with {\"symbol\": ..., \"date\": ...} to re-run a day)")
         cdk.CfnOutput(self, "AthenaWorkGroup", value=self.analytics.workgroup.ref,
                       description="Athena workgroup (and Glue database) for SQL over the trades")

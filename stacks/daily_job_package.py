@@ -48,7 +48,7 @@ def layer_zip() -> Path:
         shutil.rmtree(site / "bin", ignore_errors=True)  # console scripts: shebangs naming this machine's python
         partial = Path(tmp) / path.name
         deterministic_zip(Path(tmp), [site], partial)
-        os.replace(partial, path)
+        partial.replace(path)
     for stale in BUILD_DIR.glob("layer-*.zip"):
         if stale != path:
             stale.unlink()
