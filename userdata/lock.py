@@ -52,8 +52,6 @@ COLLECTOR = Target(COLLECTOR_DIR / "requirements.txt", COLLECTOR_DIR / "requirem
 DAILY_JOB = Target(AUDIT_DIR / "lambda-requirements.txt", AUDIT_DIR / "lambda-requirements.lock", "3.12",
                    ("aarch64",), "the daily job's Lambda layer is built from")
 TARGETS = (COLLECTOR, DAILY_JOB)
-REQUIREMENTS, LOCK = COLLECTOR.requirements, COLLECTOR.lock
-
 
 def normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
@@ -72,7 +70,8 @@ def _wheel_hashes(target: Target, architecture: str, into: Path) -> dict[str, se
     )
     hashes: dict[str, set[str]] = {}
     for wheel in into.glob("*.whl"):
-        hashes.setdefault(normalise(wheel.name.split("-")[0]), set()).add(hashlib.sha256(wheel.read_bytes()).hexdigest())
+        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        hashes.setdefault(normalise(wheel.name.split("-")[0]), set()).add(digest)
     return hashes
 
 
