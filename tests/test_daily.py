@@ -106,7 +106,7 @@ def test_a_day_binance_cannot_fill_reports_its_holes_and_fails(planted, s3_serve
         with pytest.raises(daily.DayNotCertified, match=r"NOT CERTIFIED, 2 hole\(s\) left: .*banned"):
             daily.handler({"symbol": SYMBOL, "date": DAY.isoformat()}, None)
     doc = _metrics(capsys.readouterr().out)
-    assert (doc["Certified"], doc["HolesRemaining"], doc["backfilled"]) == (0, 2, 0)
+    assert (doc["Certified"], doc["HolesRemaining"], doc["backfilled"], doc["Overdue"]) == (0, 2, 0, 1)
     assert not any(key.startswith(CURATED_PREFIX) for key in _objects(s3_server, bucket))
 
 
@@ -114,3 +114,14 @@ def test_the_job_runs_on_yesterday_unless_told_a_day() -> None:
     now = datetime(2026, 12, 1, 0, 10, tzinfo=UTC)
     assert daily.target_day({"symbol": SYMBOL}, now) == date(2026, 11, 30)
     assert daily.target_day({"symbol": SYMBOL, "date": "2026-11-02"}, now) == date(2026, 11, 2)
+
+
+def test_a_day_is_overdue_from_03_00_utc_the_day_after_unless_certified() -> None:
+    """What the stack's alarm watches: three hourly attempts (00:10, 01:10, 02:10) have had their chance."""
+    failed = daily.DayRun(SYMBOL, date(2026, 11, 30), certified=False)
+    assert not daily.overdue(failed, datetime(2026, 12, 1, 2, 59, 59, tzinfo=UTC))
+    assert daily.overdue(failed, datetime(2026, 12, 1, 3, 0, tzinfo=UTC))
+    assert not daily.overdue(daily.DayRun(SYMBOL, date(2026, 11, 30), certified=True),
+                             datetime(2026, 12, 1, 3, 10, tzinfo=UTC))
+    emf = daily.metrics(failed, NAMESPACE, datetime(2026, 12, 1, 3, 10, tzinfo=UTC))
+    assert (emf["Overdue"], emf["Certified"], emf["_aws"]["Timestamp"]) == (1, 0, 1796094600000)
