@@ -108,8 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("daily", parents=[common, rest], help="the scheduled job by hand: check, backfill, compact",
                        description="What the stack's daily job does for one symbol and day: leaves a day already "
                        "certified alone (writes nothing); otherwise audits it, backfills its holes, audits again "
-                       "and, if no hole is left, compacts it (JSONL, Parquet and bars). Superseded curated objects "
-                       "are kept, as the job keeps them. Exit status 0 when the day ends certified.")
+                       "and, if no hole is left, compacts it (JSONL, Parquet and bars), writing the curated day only "
+                       "if it is certified and deleting nothing. Exit status 0 when the day ends certified.")
     d.add_argument("--corroborate", choices=[str(mode) for mode in Mode], default=str(DEFAULT_MODE),
                    help="as for compact (default: %(default)s)")
 

@@ -243,6 +243,7 @@ class Curated:
     manifest_key: str
     manifest: dict[str, Any]
     seconds: float
+    written: bool = True  # False: `certified_only` and the day is not certified, so nothing was uploaded
 
 
 def _previous_data_key(s3: Any, name: str, manifest_key: str) -> str | None:
@@ -255,9 +256,12 @@ def _previous_data_key(s3: Any, name: str, manifest_key: str) -> str | None:
 
 
 def run(s3: Any, audit: Audit, *, mode: Mode = DEFAULT_MODE, history: HistoricalTrades | None = None,
-        quiet: bool = False, now_ms: int | None = None, prune: bool = True) -> Curated:
+        quiet: bool = False, now_ms: int | None = None, prune: bool = True, certified_only: bool = False
+        ) -> Curated:
     """Compact `audit`'s day; `history` is asked what `mode` says (None: the exchange cannot be asked).
-    `prune=False` leaves the objects only a previous manifest named, for a caller that may not delete."""
+    For a caller that may not delete (the daily job): `prune=False` leaves the objects only a previous manifest
+    named, and `certified_only` uploads nothing unless the day is certified, so that such a caller writes a day
+    once and never supersedes its own objects."""
     started = time.monotonic()
     cov = audit.coverage
     sources = choose_sources(audit.entries, cov.start_ms, cov.end_ms)
@@ -281,6 +285,8 @@ def run(s3: Any, audit: Audit, *, mode: Mode = DEFAULT_MODE, history: Historical
                  "weight": 0 if history is None else history.weight_used, "unreachable": exchange.unreachable}
         doc = curated_manifest(audit, data_key, merged, path.stat().st_size, digest.hexdigest(),
                                int(time.time() * 1000) if now_ms is None else now_ms, len(sources), asked)
+        if certified_only and not doc["complete"]:
+            return Curated(data_key, manifest_key, doc, time.monotonic() - started, written=False)
         previous = _previous_data_key(s3, audit.bucket, manifest_key)
         previous_tables = curated_tables.previous_keys(s3, audit.bucket, manifest_key)
         s3.upload_file(str(path), audit.bucket, data_key,

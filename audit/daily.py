@@ -3,9 +3,10 @@ Parquet and bars, by the same functions as `python -m audit check`, `backfill` a
 
 It runs unattended (the stack's Lambda function, `handler` below, every hour shortly after the hour) and by hand
 (`python -m audit daily`). A day whose curated manifest already certifies it is left alone: the run reads that
-one manifest and writes nothing. A day with holes after the backfill is not compacted (a later attempt would
-supersede that curated day, and the job may not delete what it supersedes); it is reported with its holes, and
-the invocation fails, so that the next hourly attempt retries it.
+one manifest and writes nothing. The job writes a curated day only once it is certified: its role may delete
+nothing, so it must never supersede objects of its own (a query engine reads every object in a table's folder).
+A day with holes after the backfill, or with ids nothing corroborates, is reported and writes nothing under
+curated/; the invocation fails, so that the next hourly attempt retries it.
 """
 
 from __future__ import annotations
@@ -40,7 +41,10 @@ API_KEY_ENV = "BINANCE_API_KEY"
 CERTIFIED = "Certified"
 HOLES_REMAINING = "HolesRemaining"
 RUNTIME = "Runtime"
+OVERDUE = "Overdue"  # what the stack's alarm watches
 SYMBOL_DIMENSION = "Symbol"
+# A day is overdue when it is not certified this long after it ended (03:00 UTC): three hourly attempts.
+CERTIFIED_BY = timedelta(hours=3)
 
 
 class DayNotCertified(Exception):
@@ -66,7 +70,7 @@ class DayRun:
             return (f"daily: {self.symbol} {self.day}: certified ({self.backfilled} trades backfilled) "
                     f"in {self.seconds:.1f} s")
         why = (f"{len(self.holes)} hole(s) left: " + "; ".join(report.describe_hole(h) for h in self.holes)
-               if self.holes else f"{self.uncorroborated} id(s) not corroborated")
+               if self.holes else f"{self.uncorroborated} id(s) not corroborated, nothing written")
         stopped = f"; backfill stopped: {self.error}" if self.error else ""
         return f"daily: {self.symbol} {self.day}: NOT CERTIFIED, {why}{stopped} (in {self.seconds:.1f} s)"
 
@@ -103,7 +107,7 @@ def run_day(s3: Any, name: str, symbol: str, day: date, history: HistoricalTrade
     run.holes = list(audit.coverage.holes)
     if not run.holes:
         curated = compact.run(s3, audit, mode=mode, history=None if mode is Mode.NONE else history, quiet=quiet,
-                              now_ms=now_ms, prune=False)
+                              now_ms=now_ms, prune=False, certified_only=True)
         run.certified = curated.manifest["complete"]
         run.uncorroborated = sum(r["last"] - r["first"] + 1
                                  for r in curated.manifest["corroboration"]["uncorroborated"])
@@ -111,15 +115,22 @@ def run_day(s3: Any, name: str, symbol: str, day: date, history: HistoricalTrade
     return run
 
 
-def metrics(run: DayRun, namespace: str, now_ms: int) -> dict[str, Any]:
-    """The run as one Embedded Metric Format document (one log line): its three metrics per symbol."""
+def overdue(run: DayRun, now: datetime) -> bool:
+    """Not certified, and `CERTIFIED_BY` has passed since the day ended."""
+    ended = datetime(run.day.year, run.day.month, run.day.day, tzinfo=UTC) + timedelta(days=1)
+    return not run.certified and now >= ended + CERTIFIED_BY
+
+
+def metrics(run: DayRun, namespace: str, now: datetime) -> dict[str, Any]:
+    """The run as one Embedded Metric Format document (one log line): its metrics, per symbol."""
     return {
-        "_aws": {"Timestamp": now_ms, "CloudWatchMetrics": [{
+        "_aws": {"Timestamp": int(now.timestamp() * 1000), "CloudWatchMetrics": [{
             "Namespace": namespace, "Dimensions": [[SYMBOL_DIMENSION]],
             "Metrics": [{"Name": CERTIFIED, "Unit": "None"}, {"Name": HOLES_REMAINING, "Unit": "Count"},
-                        {"Name": RUNTIME, "Unit": "Seconds"}]}]},
+                        {"Name": RUNTIME, "Unit": "Seconds"}, {"Name": OVERDUE, "Unit": "None"}]}]},
         SYMBOL_DIMENSION: run.symbol,
         CERTIFIED: int(run.certified), HOLES_REMAINING: len(run.holes), RUNTIME: round(run.seconds, 3),
+        OVERDUE: int(overdue(run, now)),
         "day": run.day.isoformat(), "already_certified": run.already_certified, "backfilled": run.backfilled,
         "uncorroborated": run.uncorroborated, "backfill_error": run.error,
     }
@@ -142,7 +153,7 @@ def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
                                api_key=os.environ.get(API_KEY_ENV) or None, max_weight_per_minute=DEFAULT_MAX_WEIGHT)
     run = run_day(bucket.client(), name, symbol, day, history, now_ms=int(now.timestamp() * 1000))
     # print, not logging: the EMF document must be the whole log line.
-    print(msgspec.json.encode(metrics(run, os.environ[NAMESPACE_ENV], int(time.time() * 1000))).decode(), flush=True)
+    print(msgspec.json.encode(metrics(run, os.environ[NAMESPACE_ENV], datetime.now(UTC))).decode(), flush=True)
     log.info("%s", run.summary())
     if not run.certified:
         raise DayNotCertified(run.summary())

@@ -15,11 +15,13 @@ import msgspec
 import pytest
 from isal import igzip
 
-from audit import daily
+from audit import backfill, check, daily
+from audit.binance_rest import HistoricalTrades
+from audit.bucket import client as bucket_client
 from audit.curated_tables import table_name
 from collector.keys import CURATED_PREFIX, curated_manifest_key
 from sandbox.binance_rest import HistoryServer
-from sandbox.local_s3 import LocalS3
+from sandbox.local_s3 import REGION, LocalS3
 from tests.conftest import ROOT
 from tests.test_audit import DAY, SYMBOL, _plant
 
@@ -125,3 +127,21 @@ def test_a_day_is_overdue_from_03_00_utc_the_day_after_unless_certified() -> Non
                              datetime(2026, 12, 1, 3, 10, tzinfo=UTC))
     emf = daily.metrics(failed, NAMESPACE, datetime(2026, 12, 1, 3, 10, tzinfo=UTC))
     assert (emf["Overdue"], emf["Certified"], emf["_aws"]["Timestamp"]) == (1, 0, 1796094600000)
+
+
+def test_a_day_nothing_corroborates_writes_no_curated_day(planted, s3_server, monkeypatch, capsys) -> None:
+    """The job may not delete, so it writes a curated day only once it is certified: an uncertified one would be
+    superseded later, and its objects would stay in the tables' folders."""
+    bucket, day = planted
+    with HistoryServer({SYMBOL: day.market}) as rest:
+        monkeypatch.setenv(daily.REST_URL_ENV, rest.url)
+        client = bucket_client(s3_server.endpoint, REGION)
+        audit = check.run(client, bucket, SYMBOL, DAY, quiet=True)
+        backfill.run(client, bucket, SYMBOL, audit.coverage, HistoricalTrades(rest.url),
+                     now_ms=int(datetime.now(UTC).timestamp() * 1000))
+        rest.fail_next(418, count=100, retry_after=120)  # banned before the ids one replica alone holds are asked
+        with pytest.raises(daily.DayNotCertified, match=r"id\(s\) not corroborated, nothing written"):
+            daily.handler({"symbol": SYMBOL, "date": DAY.isoformat()}, None)
+    doc = _metrics(capsys.readouterr().out)
+    assert (doc["Certified"], doc["HolesRemaining"]) == (0, 0) and doc["uncorroborated"] > 0
+    assert not any(key.startswith(CURATED_PREFIX) for key in _objects(s3_server, bucket))
