@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 
@@ -22,6 +23,7 @@ from audit.curated_tables import table_name
 from collector.keys import CURATED_PREFIX, curated_manifest_key
 from sandbox.binance_rest import HistoryServer
 from sandbox.local_s3 import REGION, LocalS3
+from stacks.daily_job_package import PACKAGES, code_dir, layer_zip
 from tests.conftest import ROOT
 from tests.test_audit import DAY, SYMBOL, _plant
 
@@ -145,3 +147,31 @@ def test_a_day_nothing_corroborates_writes_no_curated_day(planted, s3_server, mo
     doc = _metrics(capsys.readouterr().out)
     assert (doc["Certified"], doc["HolesRemaining"]) == (0, 0) and doc["uncorroborated"] > 0
     assert not any(key.startswith(CURATED_PREFIX) for key in _objects(s3_server, bucket))
+
+
+def test_the_function_imports_nothing_but_its_code_its_layer_and_the_standard_library() -> None:
+    """`audit.daily` imports with nothing else importable than on Lambda: the function's asset (audit/,
+    collector/), its layer and the standard library. Optional imports (numpy for pyarrow, certifi for botocore)
+    then fail as they would there; the CLI's DuckDB and matplotlib are not needed."""
+    with zipfile.ZipFile(layer_zip()) as layer:
+        in_layer = {name.split("/")[1].removesuffix(".py") for name in layer.namelist()
+                    if name.count("/") >= 1 and not name.split("/")[1].endswith((".dist-info", ".libs"))}
+    allowed = sorted(in_layer | set(PACKAGES) | set(sys.stdlib_module_names))
+    script = f"""
+import importlib.abc, sys
+ALLOWED = set({allowed!r})
+class OnlyTheFunctionsModules(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        top = name.split(".")[0]
+        if top not in ALLOWED and not top.startswith("_sysconfigdata"):
+            raise ModuleNotFoundError(f"No module named {{name!r}} on Lambda", name=name)
+sys.meta_path.insert(0, OnlyTheFunctionsModules())
+import audit.daily
+print(" ".join(sys.modules))
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=code_dir(), capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    imported = {name.split(".")[0] for name in done.stdout.split()}
+    assert {"pyarrow", "boto3", "msgspec", "isal", "jsonschema"} <= imported
+    assert not imported & {"duckdb", "matplotlib", "numpy"}
