@@ -3,7 +3,9 @@ IAM with enforcement on, assumed through STS, and the real collector run with th
 
 The collector must deliver everything with them, and the same credentials must be refused everything else in S3
 (read, list, delete, writes outside `raw/` and `manifests/`, writes to another bucket): the collector needs
-nothing beyond what the stack grants, and the stack grants nothing beyond what the collector needs.
+nothing beyond what the stack grants, and the stack grants nothing beyond what the collector needs. The daily
+job's role likewise: with its credentials alone the job certifies a day with a hole (read, list, backfill,
+compact), and they delete nothing and write nowhere but backfill/ and curated/.
 
 moto evaluates actions and resource ARNs of identity policies but NOT their conditions (an Allow with a
 condition allows as if it had none), and it does not evaluate bucket policies at all; whatever depends on a
@@ -22,14 +24,21 @@ import types
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 
+from audit import daily
+from audit.binance_rest import HistoricalTrades
+from audit.days import day_bounds_ms
 from collector.config import ALLOW_INSECURE_WS_ENV
-from collector.keys import DATA_PREFIX, MANIFEST_PREFIX
+from collector.keys import CURATED_PREFIX, DATA_PREFIX, MANIFEST_PREFIX
+from sandbox.binance_rest import HistoryServer
+from sandbox.market import Market
+from sandbox.replicas import Run, write
 from stacks.application import STACK_NAME, create_app
 from tests.cdk_support import cdk_context
 from tests.conftest import BUCKET, Collector, landed, unshipped
@@ -56,22 +65,28 @@ def _references(template: dict[str, Any]) -> tuple[dict[str, Any], dict[tuple[st
     resources = template["Resources"]
     (bucket_id,) = (k for k, r in resources.items() if r["Type"] == "AWS::S3::Bucket")
     (endpoint_id,) = (k for k, r in resources.items() if r["Type"] == "AWS::EC2::VPCEndpoint")
-    (role_id,) = (k for k, r in resources.items() if r["Type"] == "AWS::IAM::Role" and k.startswith("FleetRole"))
+    roles = [k for k, r in resources.items() if r["Type"] == "AWS::IAM::Role"]
+    (log_group_id,) = (k for k, r in resources.items() if r["Type"] == "AWS::Logs::LogGroup")
     refs = {"AWS::StackId": STACK_ID, "AWS::StackName": STACK_NAME, "AWS::Region": REGION,
             "AWS::AccountId": ACCOUNT, "AWS::Partition": "aws", "AWS::URLSuffix": "amazonaws.com", bucket_id: BUCKET,
             endpoint_id: STACK_ENDPOINT}
     attributes = {(bucket_id, "Arn"): f"arn:aws:s3:::{BUCKET}",
-                  (role_id, "Arn"): f"arn:aws:iam::{ACCOUNT}:role/{role_id}"}
+                  (log_group_id, "Arn"): f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{log_group_id}:*",
+                  **{(role_id, "Arn"): f"arn:aws:iam::{ACCOUNT}:role/{role_id}" for role_id in roles}}
     return refs, attributes
 
 
 def _instance_role(template: dict[str, Any]) -> InstanceRole:
     """The role the instances get (through the instance profile), with references resolved for the test."""
+    (profile,) = (r for r in template["Resources"].values() if r["Type"] == "AWS::IAM::InstanceProfile")
+    (role_ref,) = profile["Properties"]["Roles"]
+    return _role(template, role_ref["Ref"])
+
+
+def _role(template: dict[str, Any], role_id: str) -> InstanceRole:
+    """The role `role_id` (a logical id) with its statements, references resolved for the test."""
     resources = template["Resources"]
     refs, attributes = _references(template)
-    (profile,) = (r for r in resources.values() if r["Type"] == "AWS::IAM::InstanceProfile")
-    (role_ref,) = profile["Properties"]["Roles"]
-    role_id = role_ref["Ref"]
     role = resources[role_id]["Properties"]
     statements = [s for p in role.get("Policies", []) for s in p["PolicyDocument"]["Statement"]]
     for resource in resources.values():
@@ -258,3 +273,81 @@ def test_everything_else_is_refused(enforced: Enforced, operation: str, kwargs: 
 
 def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
+
+
+# --- the daily job --------------------------------------------------------------------------------------------
+
+JOB_DAY = date(2026, 11, 28)
+JOB_SYMBOL = "BTCUSDT"
+
+
+@dataclass
+class JobEnforced:
+    server: MotoServer
+    admin: dict[str, str]
+    role: dict[str, str]  # the daily job's role's temporary credentials
+    market: Market
+
+
+@pytest.fixture(scope="module")
+def job_enforced(template: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[JobEnforced]:
+    """The daily job's role as the template defines it, in moto's IAM with enforcement on, and a day with a hole
+    that two replicas share, planted with the admin's credentials."""
+    (role_id,) = (k for k, r in template["Resources"].items()
+                  if r["Type"] == "AWS::IAM::Role" and k.startswith("DailyJobRole"))
+    job_role = _role(template, role_id)
+    with MotoServer(tmp_path_factory.mktemp("moto-job") / "moto.log") as server:
+        iam = server.client("iam")
+        iam.create_user(UserName="admin")
+        iam.put_user_policy(UserName="admin", PolicyName="everything", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+        key = iam.create_access_key(UserName="admin")["AccessKey"]
+        admin = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+        s3 = server.client("s3")
+        s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+        start, end = day_bounds_ms(JOB_DAY)
+        market = Market.generate(JOB_SYMBOL, start_ms=start - 600_000, end_ms=end + 600_000, spacing_ms=30_000)
+        a, z = market.trades[0].id, market.trades[-1].id
+        lost = frozenset(range(a + 1000, a + 1100))
+        write(s3, BUCKET, market, [Run("i-a", a, z, lost=lost), Run("i-b", a, z, lost=lost)])
+        trust = trust_also(job_role.trust, iam.get_user(UserName="admin")["User"]["Arn"])
+        role = iam.create_role(RoleName=job_role.name, AssumeRolePolicyDocument=json.dumps(trust))["Role"]
+        iam.put_role_policy(RoleName=job_role.name, PolicyName="FromTheTemplate", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": job_role.statements}))
+        server.set_iam_enforcement(True)
+        credentials = server.client("sts", admin).assume_role(
+            RoleArn=role["Arn"], RoleSessionName="daily-job")["Credentials"]
+        yield JobEnforced(server, admin, {"AWS_ACCESS_KEY_ID": credentials["AccessKeyId"],
+                                          "AWS_SECRET_ACCESS_KEY": credentials["SecretAccessKey"],
+                                          "AWS_SESSION_TOKEN": credentials["SessionToken"]}, market)
+
+
+def test_the_daily_job_certifies_a_day_with_only_its_roles_permissions(job_enforced: JobEnforced) -> None:
+    """Read, list and write backfill/ and curated/ are all it needs; the control for the refusals below."""
+    s3 = job_enforced.server.client("s3", job_enforced.role)
+    with HistoryServer({JOB_SYMBOL: job_enforced.market}) as rest:
+        run = daily.run_day(s3, BUCKET, JOB_SYMBOL, JOB_DAY, HistoricalTrades(rest.url),
+                            now_ms=day_bounds_ms(JOB_DAY)[1] + 3_600_000)
+        assert run.certified and run.backfilled == 100, run.summary()
+        again = daily.run_day(s3, BUCKET, JOB_SYMBOL, JOB_DAY, HistoricalTrades(rest.url),
+                              now_ms=day_bounds_ms(JOB_DAY)[1] + 3_600_000)
+    assert again.already_certified
+
+
+@pytest.mark.parametrize("operation", ["delete_raw", "delete_curated", "put_raw", "put_manifests", "put_elsewhere"])
+def test_the_daily_job_may_delete_nothing_and_write_nowhere_else(job_enforced: JobEnforced, operation: str) -> None:
+    admin = job_enforced.server.client("s3", job_enforced.admin)
+    s3 = job_enforced.server.client("s3", job_enforced.role)
+    existing = f"{DATA_PREFIX}probe/existing.jsonl.gz"
+    admin.put_object(Bucket=BUCKET, Key=existing, Body=b"kept", ServerSideEncryption="AES256")
+    put = {"Body": b"x", "ServerSideEncryption": "AES256"}
+    calls = {"delete_raw": lambda: s3.delete_object(Bucket=BUCKET, Key=existing),
+             "delete_curated": lambda: s3.delete_object(Bucket=BUCKET, Key=f"{CURATED_PREFIX}probe/x.parquet"),
+             "put_raw": lambda: s3.put_object(Bucket=BUCKET, Key=f"{DATA_PREFIX}probe/x.jsonl.gz", **put),
+             "put_manifests": lambda: s3.put_object(Bucket=BUCKET, Key=f"{MANIFEST_PREFIX}probe/x.json", **put),
+             "put_elsewhere": lambda: s3.put_object(Bucket=BUCKET, Key="athena-results/x.csv", **put)}
+    with pytest.raises(ClientError) as refused:
+        calls[operation]()
+    assert refused.value.response["Error"]["Code"] == "AccessDenied"
+    assert admin.get_object(Bucket=BUCKET, Key=existing)["Body"].read() == b"kept"
+    admin.delete_object(Bucket=BUCKET, Key=existing)
