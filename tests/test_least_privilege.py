@@ -18,6 +18,7 @@ endpoint alone.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import types
@@ -27,7 +28,9 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
+import boto3
 import pytest
 from botocore.exceptions import ClientError
 
@@ -114,16 +117,21 @@ def instance_role(template: dict[str, Any]) -> InstanceRole:
 @pytest.fixture(scope="module")
 def put_denials(template: dict[str, Any]) -> list[dict[str, Any]]:
     """The bucket policy's Deny statements on the instance role's PutObject, references resolved."""
+    return _denials_of(template, _instance_role(template).name)
+
+
+def _denials_of(template: dict[str, Any], role_id: str) -> list[dict[str, Any]]:
     (policy,) = (r for r in template["Resources"].values() if r["Type"] == "AWS::S3::BucketPolicy")
     refs, attributes = _references(template)
     statements = resolve(policy["Properties"]["PolicyDocument"]["Statement"], refs, attributes)
-    role_arn = f"arn:aws:iam::{ACCOUNT}:role/{_instance_role(template).name}"
+    role_arn = f"arn:aws:iam::{ACCOUNT}:role/{role_id}"
     return [s for s in statements if s["Effect"] == "Deny" and s["Principal"] == {"AWS": role_arn}]
 
 
-def _denied_by(denials: list[dict[str, Any]], headers: dict[str, str], source_vpce: str | None) -> list[str]:
-    """The Sids of the statements that deny a PutObject with these (lower-cased) headers, by IAM's rules for the
-    operators the policy uses; a condition key this test does not know fails it."""
+def _denied_by(denials: list[dict[str, Any]], headers: dict[str, str], source_vpce: str | None,
+               key: str = "any/key") -> list[str]:
+    """The Sids of the statements that deny a PutObject of `key` with these (lower-cased) headers, by IAM's rules
+    for the operators the policy uses; a condition key this test does not know fails it."""
     context = {"s3:if-none-match": headers.get("if-none-match"),
                "s3:x-amz-server-side-encryption": headers.get("x-amz-server-side-encryption"),
                "s3:x-amz-server-side-encryption-customer-algorithm":
@@ -137,10 +145,13 @@ def _denied_by(denials: list[dict[str, Any]], headers: dict[str, str], source_vp
             return (value is None) == (expected == "true")
         if operator == "StringNotEquals":
             return value != expected  # a key missing from the request matches a negated operator
+        if operator == "StringNotEqualsIfExists":
+            return value is not None and value != expected
         raise AssertionError(f"teach _denied_by the {operator} operator")
 
     return [s["Sid"] for s in denials if s["Action"] == "s3:PutObject"
-            and all(holds(op, key, value) for op, pairs in s["Condition"].items() for key, value in pairs.items())]
+            and any(fnmatch.fnmatchcase(f"arn:aws:s3:::{BUCKET}/{key}", r) for r in _as_list(s["Resource"]))
+            and all(holds(op, name, value) for op, pairs in s["Condition"].items() for name, value in pairs.items())]
 
 
 @dataclass
@@ -287,6 +298,7 @@ class JobEnforced:
     admin: dict[str, str]
     role: dict[str, str]  # the daily job's role's temporary credentials
     market: Market
+    denials: list[dict[str, Any]]  # the bucket policy's statements on the job's PutObject, resolved
 
 
 @pytest.fixture(scope="module")
@@ -319,19 +331,36 @@ def job_enforced(template: dict[str, Any], tmp_path_factory: pytest.TempPathFact
             RoleArn=role["Arn"], RoleSessionName="daily-job")["Credentials"]
         yield JobEnforced(server, admin, {"AWS_ACCESS_KEY_ID": credentials["AccessKeyId"],
                                           "AWS_SECRET_ACCESS_KEY": credentials["SecretAccessKey"],
-                                          "AWS_SESSION_TOKEN": credentials["SessionToken"]}, market)
+                                          "AWS_SESSION_TOKEN": credentials["SessionToken"]}, market,
+                          _denials_of(template, role_id))
 
 
 def test_the_daily_job_certifies_a_day_with_only_its_roles_permissions(job_enforced: JobEnforced) -> None:
-    """Read, list and write backfill/ and curated/ are all it needs; the control for the refusals below."""
-    s3 = job_enforced.server.client("s3", job_enforced.role)
-    with HistoryServer({JOB_SYMBOL: job_enforced.market}) as rest:
+    """Read, list and write backfill/ and curated/ are all it needs (the control for the refusals below), and
+    the bucket's denials let each of its real writes through: write-once under backfill/, SSE-S3 everywhere."""
+    creds = job_enforced.role
+    with S3Faults(job_enforced.server.endpoint) as recorder, HistoryServer({JOB_SYMBOL: job_enforced.market}) as rest:
+        s3 = boto3.client("s3", endpoint_url=recorder.url, region_name=REGION,
+                          aws_access_key_id=creds["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"],
+                          aws_session_token=creds["AWS_SESSION_TOKEN"])
         run = daily.run_day(s3, BUCKET, JOB_SYMBOL, JOB_DAY, HistoricalTrades(rest.url),
                             now_ms=day_bounds_ms(JOB_DAY)[1] + 3_600_000)
         assert run.certified and run.backfilled == 100, run.summary()
         again = daily.run_day(s3, BUCKET, JOB_SYMBOL, JOB_DAY, HistoricalTrades(rest.url),
                               now_ms=day_bounds_ms(JOB_DAY)[1] + 3_600_000)
     assert again.already_certified
+    keys = [unquote(path.split("?")[0]).split("/", 2)[2] for path in recorder.put_paths]
+    assert {k.split("/")[0] for k in keys} == {"backfill", "curated"}
+    assert [_denied_by(job_enforced.denials, h, None, k) for h, k in zip(recorder.put_headers, keys, strict=True)
+            ] == [[]] * len(keys)
+    # The same requests bent: an overwrite under backfill/ is refused, under curated/ (the manifest) it is not.
+    backfilled = next(i for i, k in enumerate(keys) if k.startswith("backfill/"))
+    bent = {k: v for k, v in recorder.put_headers[backfilled].items() if k != "if-none-match"}
+    assert _denied_by(job_enforced.denials, bent, None, keys[backfilled]) == ["DenyJobOverwrites"]
+    assert _denied_by(job_enforced.denials, bent, None, "curated/x/manifest.json") == []
+    assert _denied_by(job_enforced.denials, bent | {"x-amz-server-side-encryption": "aws:kms"}, None,
+                      "curated/x/manifest.json") == ["DenyJobOtherEncryption"]
 
 
 @pytest.mark.parametrize("operation", ["delete_raw", "delete_curated", "put_raw", "put_manifests", "put_elsewhere"])
