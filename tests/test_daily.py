@@ -11,6 +11,7 @@ import sys
 import zipfile
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -23,7 +24,7 @@ from audit.curated_tables import table_name
 from collector.keys import CURATED_PREFIX, curated_manifest_key
 from sandbox.binance_rest import HistoryServer
 from sandbox.local_s3 import REGION, LocalS3
-from stacks.daily_job_package import PACKAGES, code_dir, layer_zip
+from stacks.daily_job_package import PACKAGES, code_dir, deterministic_zip, layer_zip
 from tests.conftest import ROOT
 from tests.test_audit import DAY, SYMBOL, _plant
 
@@ -175,3 +176,24 @@ print(" ".join(sys.modules))
     imported = {name.split(".")[0] for name in done.stdout.split()}
     assert {"pyarrow", "boto3", "msgspec", "isal", "jsonschema"} <= imported
     assert not imported & {"duckdb", "matplotlib", "numpy"}
+
+
+def test_the_layer_zip_depends_on_its_files_only_and_fits_lambda(tmp_path: Path) -> None:
+    """Same files, same bytes, whatever their timestamps (a fresh clone builds the asset CDK already uploaded);
+    and the layer unpacks under Lambda's 250 MB for a function and its layers (the code is a few hundred KB)."""
+    folder = tmp_path / "python"
+    (folder / "pkg").mkdir(parents=True)
+    (folder / "pkg" / "a.py").write_text("A = 1\n")
+    (folder / "b.so").write_bytes(b"\x7fELF")
+    zips = []
+    for mtime in (1_000_000_000, 1_700_000_000):
+        for file in folder.rglob("*"):
+            os.utime(file, (mtime, mtime))
+        zips.append(tmp_path / f"{mtime}.zip")
+        deterministic_zip(tmp_path, [folder], zips[-1])
+    assert zips[0].read_bytes() == zips[1].read_bytes()
+    with zipfile.ZipFile(zips[0]) as archive:
+        assert archive.namelist() == ["python/b.so", "python/pkg/a.py"]
+    with zipfile.ZipFile(layer_zip()) as layer:
+        assert sum(info.file_size for info in layer.infolist()) < 230 * 2**20
+        assert not [n for n in layer.namelist() if "/bin/" in n or n.endswith(".pyc")]
