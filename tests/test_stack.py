@@ -334,7 +334,7 @@ def test_glue_tables_find_every_partition_by_projection_in_the_key_layout(templa
     trade_columns = {c["Name"]: c["Type"] for c in tables["trades"]["StorageDescriptor"]["Columns"]}
     assert trade_columns == {"trade_id": "bigint", "price": "decimal(20,8)", "quantity": "decimal(20,8)",
                              "quote_quantity": "decimal(38,16)", "trade_time": "timestamp",
-                             "event_time": "timestamp", "buyer_is_maker": "boolean"}
+                             "event_time": "timestamp", "buyer_is_maker": "boolean", "corroboration": "string"}
 
 
 def test_the_workgroup_enforces_encrypted_expiring_results_and_a_scan_cutoff(template_json: dict[str, Any]) -> None:
