@@ -135,6 +135,13 @@ def start_collector(tmp_path: Path, spool_dir: Path, s3: LocalS3) -> Iterator[Ca
             collector.kill()
 
 
+def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
 def unshipped(spool_dir: Path) -> list[str]:
     """What the spool still holds to ship (the name stamp it keeps across restarts is not data)."""
     return sorted(p.name for p in spool_dir.iterdir() if p.name != STAMP_FILE)
