@@ -25,6 +25,9 @@ class Shipper:
         self.queue: asyncio.PriorityQueue[tuple[int, str, Sealed]] = asyncio.PriorityQueue()
         self.backoff = Backoff(UPLOAD_REQUEUE_FIRST_SECONDS, UPLOAD_REQUEUE_CAP_SECONDS, random.Random())
         self.uploaded = 0
+        # Running totals for the metrics: bytes of data and manifests written, files whose attempts all failed.
+        self.uploaded_bytes = 0
+        self.failures = 0
         self._workers: list[asyncio.Task[None]] = []
         # Set when waiting out a backoff is no longer worth it (shutdown: one last try for everything).
         self._retry_now = asyncio.Event()
@@ -36,9 +39,10 @@ class Shipper:
         self._workers = [asyncio.create_task(self._work(), name=f"shipper-{n}") for n in range(WORKERS)]
         return self._workers
 
-    def _ship(self, item: Sealed) -> None:
-        """Blocking; runs in a worker thread."""
+    def _ship(self, item: Sealed) -> int:
+        """Blocking; runs in a worker thread. Returns the bytes shipped."""
         bucket = self.uploader.bucket
+        size = 0
         if item.data is not None:
             size = item.data.stat().st_size
             created = self.uploader.put(item.part.data_key, item.data, "application/gzip")
@@ -46,7 +50,9 @@ class Shipper:
                      "" if created else ", already there")
         created = self.uploader.put(item.part.manifest_key, item.manifest, "application/json")
         log.info("uploaded s3://%s/%s%s", bucket, item.part.manifest_key, "" if created else ", already there")
+        size += item.manifest.stat().st_size
         self.spool.remove(item)
+        return size
 
     async def _work(self) -> None:
         # Anything but a failed upload (a local file gone, a bug) ends the worker; the service then
@@ -54,8 +60,9 @@ class Shipper:
         while True:
             entry = await self.queue.get()
             try:
-                await asyncio.to_thread(self._ship, entry[2])
+                shipped = await asyncio.to_thread(self._ship, entry[2])
             except UploadFailed as exc:
+                self.failures += 1
                 delay = self.backoff.next()
                 log.error("upload failed, kept on disk and retried in %.0f s: %s", delay, exc)
                 self.queue.put_nowait(entry)
@@ -65,6 +72,7 @@ class Shipper:
                         await self._retry_now.wait()
                 continue
             self.uploaded += 1
+            self.uploaded_bytes += shipped
             self.backoff.reset()
             self.queue.task_done()
 
