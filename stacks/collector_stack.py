@@ -1,4 +1,4 @@
-"""The one stack: raw bucket + collector fleet, and the single permission that connects them."""
+"""The one stack: raw bucket + collector fleet + what watches them, and the permissions that connect them."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from constructs import Construct
 
 from collector.keys import DATA_PREFIX, MANIFEST_PREFIX
 from stacks.fleet import CollectorFleet
+from stacks.observability import Observability
 from stacks.raw_bucket import RawBucket
 from stacks.settings import Settings
 from userdata import ARCHIVE_PATH, render_user_data
@@ -27,6 +28,11 @@ class CollectorStack(cdk.Stack):
         super().__init__(scope, construct_id, **kwargs)
         self.raw_bucket = RawBucket(self, "RawBucket", destroy_data=settings.destroy_data)
         bucket = self.raw_bucket.bucket
+        # The metrics' namespace and the log group are named after the stack, so two stacks never mix.
+        self.observability = Observability(
+            self, "Observability", log_group_name=f"/tradecollector/{self.stack_name}",
+            retention_days=settings.log_retention_days, namespace=self.stack_name, alarm_email=settings.alarm_email,
+        )
 
         # The collector travels in the template (each instance's AWS::CloudFormation::Init metadata), as it is
         # too big for the user-data; the user-data pins its sha256. Nothing is fetched from S3 or elsewhere.
@@ -47,6 +53,8 @@ class CollectorStack(cdk.Stack):
                 resource=resource,
                 symbols=",".join(settings.symbols),
                 ws_url=settings.ws_url,
+                log_group=self.observability.log_group.log_group_name,
+                namespace=self.observability.namespace,
             )
 
         self.fleet = CollectorFleet(
@@ -77,6 +85,10 @@ class CollectorStack(cdk.Stack):
                 )
             )
 
+        self.logs_statement = self.observability.grant_write(self.fleet.role)
+        self.observability.watch(instances=self.fleet.instances, instance_type=ec2.InstanceType(settings.instance_type),
+                                 symbols=settings.symbols)
+
         cdk.CfnOutput(self, "BucketName", value=bucket.bucket_name, description="where the trades land")
         cdk.CfnOutput(self, "InstanceRoleArn", value=self.fleet.role.role_arn, description="collectors' role")
         cdk.CfnOutput(
@@ -85,3 +97,7 @@ class CollectorStack(cdk.Stack):
             value=cdk.Fn.join(",", [instance.instance_id for instance in self.fleet.instances]),
             description="comma-separated collector instance ids",
         )
+        cdk.CfnOutput(self, "LogGroupName", value=self.observability.log_group.log_group_name,
+                      description="the collectors' logs and boot logs, one stream per instance id")
+        cdk.CfnOutput(self, "AlarmTopicArn", value=self.observability.topic.topic_arn,
+                      description="subscribe here to be alerted (or deploy with -c alarmEmail=...)")
