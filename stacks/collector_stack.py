@@ -86,8 +86,7 @@ class CollectorStack(cdk.Stack):
             )
 
         self.logs_statement = self.observability.grant_write(self.fleet.role)
-        self.observability.watch(instances=self.fleet.instances, instance_type=ec2.InstanceType(settings.instance_type),
-                                 symbols=settings.symbols)
+        self.observability.watch(instances=self.fleet.instances, symbols=settings.symbols)
 
         cdk.CfnOutput(self, "BucketName", value=bucket.bucket_name, description="where the trades land")
         cdk.CfnOutput(self, "InstanceRoleArn", value=self.fleet.role.role_arn, description="collectors' role")

@@ -41,9 +41,6 @@ MISSING_IDS_THRESHOLD = 100
 MISSING_IDS_WINDOW = cdk.Duration.minutes(15)
 # A t3.micro earns 12 credits an hour and keeps at most 288; below this it soon runs at its 10% baseline.
 CPU_CREDITS_LOW = 30
-# Instance families whose instances EC2 can recover onto new hardware (EBS-only storage, default tenancy).
-RECOVERABLE_FAMILIES = frozenset({"t2", "t3", "t3a", "t4g", "m5", "m5a", "m6g", "m6i", "m7g", "m7i", "c5", "c6g",
-                                  "c6i", "c7g", "c7i", "r5", "r6g", "r6i", "r7g", "r7i"})
 
 
 class Observability(Construct):
@@ -121,11 +118,11 @@ class Observability(Construct):
         self.alarms.append(alarm)
         return alarm
 
-    def watch(self, *, instances: Sequence[ec2.Instance], instance_type: ec2.InstanceType,
-              symbols: Sequence[str]) -> None:
+    def watch(self, *, instances: Sequence[ec2.Instance], symbols: Sequence[str]) -> None:
+        """The fleet runs burstable instances only (standard CPU credits): every one of those types (T2, T3, T3a,
+        T4g) earns credits and can be recovered by EC2 onto other hardware."""
         stack = cdk.Stack.of(self)
         prefix = stack.stack_name
-        family = instance_type.to_string().split(".")[0]
         for index, instance in enumerate(instances):
             iid = instance.instance_id
             where = f"collector {index} ({instance.node.id})"
@@ -162,30 +159,27 @@ class Observability(Construct):
                 threshold=MISSING_IDS_THRESHOLD, comparison=cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
                 evaluation_periods=1, missing=cw.TreatMissingData.NOT_BREACHING,
             )
-            if instance_type.is_burstable():
-                self._alarm(
-                    f"CpuCredits{index}", name=f"{prefix}-{index}-cpu-credits-low",
-                    description=f"{where} has fewer than {CPU_CREDITS_LOW} CPU credits left; with standard "
-                    "credits it is then held at its baseline and may fall behind. Look first at CPUUtilization "
-                    "on the dashboard (a traffic surge, or permessage-deflate switched on) and at the backlog.",
-                    metric=cw.Metric(namespace="AWS/EC2", metric_name="CPUCreditBalance",
-                                     dimensions_map={"InstanceId": iid}, statistic="Minimum",
-                                     period=cdk.Duration.minutes(5)),
-                    threshold=CPU_CREDITS_LOW, comparison=cw.ComparisonOperator.LESS_THAN_THRESHOLD,
-                    evaluation_periods=1, missing=cw.TreatMissingData.NOT_BREACHING,
-                )
-            recover = [cw_actions.Ec2Action(cw_actions.Ec2InstanceAction.RECOVER)] \
-                if family in RECOVERABLE_FAMILIES else []
+            self._alarm(
+                f"CpuCredits{index}", name=f"{prefix}-{index}-cpu-credits-low",
+                description=f"{where} has fewer than {CPU_CREDITS_LOW} CPU credits left; with standard "
+                "credits it is then held at its baseline and may fall behind. Look first at CPUUtilization "
+                "on the dashboard (a traffic surge, or permessage-deflate switched on) and at the backlog.",
+                metric=cw.Metric(namespace="AWS/EC2", metric_name="CPUCreditBalance",
+                                 dimensions_map={"InstanceId": iid}, statistic="Minimum",
+                                 period=cdk.Duration.minutes(5)),
+                threshold=CPU_CREDITS_LOW, comparison=cw.ComparisonOperator.LESS_THAN_THRESHOLD,
+                evaluation_periods=1, missing=cw.TreatMissingData.NOT_BREACHING,
+            )
             self._alarm(
                 f"SystemCheck{index}", name=f"{prefix}-{index}-system-check-failed",
-                description=f"{where} failed EC2's system status check (AWS hardware or network)"
-                + (": EC2 recovers it onto other hardware. " if recover else ". ")
-                + "Look first at the EC2 console (status checks, scheduled events); if it does not recover, "
-                "deploy again to replace it.",
+                description=f"{where} failed EC2's system status check (AWS hardware or network): EC2 "
+                "recovers it onto other hardware. Look first at the EC2 console (status checks, scheduled "
+                "events); if it does not recover, deploy again to replace it.",
                 metric=cw.Metric(namespace="AWS/EC2", metric_name="StatusCheckFailed_System",
                                  dimensions_map={"InstanceId": iid}, statistic="Maximum", period=MINUTE),
                 threshold=1, comparison=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-                evaluation_periods=2, missing=cw.TreatMissingData.NOT_BREACHING, extra_actions=recover,
+                evaluation_periods=2, missing=cw.TreatMissingData.NOT_BREACHING,
+                extra_actions=[cw_actions.Ec2Action(cw_actions.Ec2InstanceAction.RECOVER)],
             )
 
         shipped = {f"m{n}": self._metric(m.OBJECTS_SHIPPED, i.instance_id) for n, i in enumerate(instances)}
