@@ -1,7 +1,8 @@
-"""`python -m audit`: completeness audit, backfill and compaction of one symbol's day.
+"""`python -m audit`: completeness audit, backfill and compaction of one symbol's day; the fleet's status.
 
-Exit status: 0 when the day is complete, 1 when holes remain (or objects do not match their manifests),
-2 for bad input or when the bucket or the REST history cannot be read.
+Exit status: 0 when the day is complete (status: when all is well), 1 when holes remain, objects do not match
+their manifests (status: something is alarming), 2 for bad input or when the bucket, CloudWatch or the REST
+history cannot be read.
 """
 
 from __future__ import annotations
@@ -16,15 +17,19 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import boto3
 import msgspec
 from boto3.exceptions import Boto3Error
 from botocore.exceptions import BotoCoreError, ClientError
 
-from audit import backfill, binance_rest, bucket, check, compact, plot, report
+from audit import backfill, binance_rest, bucket, check, compact, plot, report, status
 from audit.ranges import Hole
 from collector.config import bucket_name, symbol_list
 
-COMMANDS = ("check", "backfill", "compact")
+COMMANDS = ("check", "backfill", "compact", "status")
+# The stack's name in stacks/application.py (a test holds them together): the metrics' namespace and the prefix
+# of the alarms' names.
+STACK_NAME = "BinanceTradeCollector"
 
 
 def _symbol(text: str) -> str:
@@ -61,7 +66,7 @@ def _as_argparse(fn: object) -> object:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m audit", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n")[1])
-    sub = parser.add_subparsers(dest="command", metavar="{check,backfill,compact}")
+    sub = parser.add_subparsers(dest="command", metavar="{check,backfill,compact,status}")
     yesterday = datetime.now(UTC).date() - timedelta(days=1)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--bucket", required=True, type=_as_argparse(bucket_name), help="the collector's bucket")
@@ -94,7 +99,23 @@ def _parser() -> argparse.ArgumentParser:
                    description="Merges every replica and the backfill into curated/exchange=binance/symbol=S/"
                    "date=D/trades-<sha16>.jsonl.gz (lines byte-identical to the raw ones) and a manifest.json that "
                    "certifies complete: true or lists the holes. Safe to re-run.")
+
+    st = sub.add_parser("status", help="the fleet's health now: alarms, last object and backlog per instance",
+                        description="From CloudWatch (the stack's alarms, the collectors' backlog metrics) and the "
+                        "bucket (each instance's newest object in the last hours, the newest manifest per symbol). "
+                        "Exit status 1 when an alarm is on or an instance shipped nothing for 3 minutes.")
+    st.add_argument("--bucket", required=True, type=_as_argparse(bucket_name), help="the collector's bucket")
+    st.add_argument("--stack", default=STACK_NAME, help="the stack's name (default: %(default)s)")
+    st.add_argument("--symbols", type=_as_argparse(symbol_list),
+                    help="comma-separated symbols (default: every symbol in the bucket)")
     return parser
+
+
+def _status(args: argparse.Namespace) -> int:
+    found = status.gather(cloudwatch=boto3.client("cloudwatch"), s3=bucket.client(), bucket=args.bucket,
+                          stack=args.stack, now=status.utc_now(), symbols=args.symbols)
+    print(status.table(found))
+    return 1 if found.alarming else 0
 
 
 def _print_backfill(result: backfill.Backfill) -> None:
@@ -163,9 +184,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _parser().print_help()
         return 2
     try:
+        if args.command == "status":
+            return _status(args)
         return _run(args, bucket.client())
     except (BotoCoreError, ClientError, Boto3Error) as exc:
-        print(f"audit: cannot use s3://{args.bucket}: {exc}", file=sys.stderr)
+        print(f"audit: cannot use s3://{args.bucket}{' or CloudWatch' if args.command == 'status' else ''}: {exc}",
+              file=sys.stderr)
         return 2
     except compact.BadObject as exc:
         print(f"audit: cannot compact: {exc}", file=sys.stderr)

@@ -64,9 +64,14 @@ class Part:
         return cls(symbol=m["symbol"], instance_id=m["instance"], opened_at_ms=ms)
 
 
+def symbols_prefix(prefix: str) -> str:
+    """What every symbol's folder under `prefix` starts with; the symbol and a slash follow."""
+    return f"{prefix}exchange={EXCHANGE}/stream={STREAM}/symbol="
+
+
 def hour_prefix(prefix: str, symbol: str, day: date, hour: int) -> str:
     """The folder of one hour's objects under `prefix` (raw/, manifests/ or backfill/)."""
-    return f"{prefix}exchange={EXCHANGE}/stream={STREAM}/symbol={symbol}/date={day:%Y-%m-%d}/hour={hour:02d}/"
+    return f"{symbols_prefix(prefix)}{symbol}/date={day:%Y-%m-%d}/hour={hour:02d}/"
 
 
 def curated_manifest_key(symbol: str, day: date) -> str:

@@ -14,6 +14,10 @@ from typing import Any
 
 from collector.stats import FileStats
 
+# An instance that shipped no object for this long is down (it ships every few seconds when well): the stack's
+# alarm and `python -m audit status` both use it.
+SILENT_SECONDS = 180
+
 INSTANCE_DIMENSION = "InstanceId"  # the EC2 instance id: the same dimension as AWS/EC2's own metrics
 SYMBOL_DIMENSION = "Symbol"
 

@@ -31,8 +31,7 @@ RETENTION = {
 }
 
 MINUTE = cdk.Duration.minutes(1)
-# An instance that shipped nothing for this many minutes is down (it ships every few seconds when well).
-SILENT_MINUTES = 3
+SILENT_MINUTES = m.SILENT_SECONDS // 60
 # The point of three replicas: any one may fail; fewer than this many delivering is one failure from a gap.
 MIN_DELIVERING = 2
 BACKLOG_AGE_SECONDS = 300
