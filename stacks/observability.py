@@ -81,7 +81,7 @@ class Observability(Construct):
                                display_name=f"{stack.stack_name} alarms")
         if alarm_email:
             self.topic.add_subscription(subscriptions.EmailSubscription(alarm_email))
-        self.alarms: list[cw.Alarm] = []
+        self.alarms: dict[str, cw.Alarm] = {}  # by name
         self.dashboard: cw.Dashboard | None = None
 
     def grant_write(self, role: iam.IRole) -> iam.PolicyStatement:
@@ -114,7 +114,7 @@ class Observability(Construct):
         )
         alarm.add_alarm_action(cw_actions.SnsAction(self.topic), *extra_actions)
         alarm.add_ok_action(cw_actions.SnsAction(self.topic))
-        self.alarms.append(alarm)
+        self.alarms[name] = alarm
         return alarm
 
     def watch(self, *, instances: Sequence[ec2.Instance], symbols: Sequence[str]) -> None:
@@ -200,7 +200,14 @@ class Observability(Construct):
     def _dashboard(self, instances: Sequence[ec2.Instance], symbols: Sequence[str]) -> None:
         stack = cdk.Stack.of(self)
         self.dashboard = cw.Dashboard(self, "Dashboard", dashboard_name=stack.stack_name)
-        self.dashboard.add_widgets(cw.AlarmStatusWidget(title="Alarms", alarms=self.alarms, width=24))
+        # The alarms by the ARN their names give, with an explicit dependency: the deploy order is that of a
+        # GetAtt, and the offline rehearsal (whose CloudFormation does not model alarms) can deploy the dashboard.
+        by_name = [cw.Alarm.from_alarm_arn(self, f"{alarm.node.id}Ref", stack.format_arn(
+            service="cloudwatch", resource="alarm", resource_name=name, arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME))
+            for name, alarm in self.alarms.items()]
+        self.dashboard.add_widgets(cw.AlarmStatusWidget(title="Alarms", alarms=by_name, width=24))
+        for alarm in self.alarms.values():
+            self.dashboard.node.add_dependency(alarm)
         for index, instance in enumerate(instances):
             iid = instance.instance_id
             title = cdk.Fn.join("", [f"collector {index}: ", iid])

@@ -163,8 +163,10 @@ def test_the_dashboard_names_every_instance_and_shows_the_alarms(template_json: 
     for name in ("TradesReceived", "BacklogBytes", "BacklogAgeSeconds", "TradeIdGaps", "Reconnects",
                  "CPUUtilization", "CPUCreditBalance", '"type":"alarm"'):
         assert name in body, name
-    for alarm in _resources(template_json, "AWS::CloudWatch::Alarm"):
-        assert json.dumps({"Fn::GetAtt": [alarm, "Arn"]}) in body
+    alarms = _resources(template_json, "AWS::CloudWatch::Alarm")
+    for alarm in alarms.values():
+        assert f':alarm:{alarm["Properties"]["AlarmName"]}"' in body
+    assert sorted(_resources(template_json, "AWS::CloudWatch::Dashboard").popitem()[1]["DependsOn"]) == sorted(alarms)
     assert dashboard["DashboardName"] == STACK_NAME
 
 
