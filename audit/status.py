@@ -28,6 +28,9 @@ class Instance:
     backlog_bytes: float | None = None
     backlog_age_seconds: float | None = None
     alarms: dict[str, str] = field(default_factory=dict)  # alarm name -> state
+    # Named by the stack's alarms: a current instance. One seen only in the bucket or the metrics may have been
+    # replaced by a deploy; its silence is shown but alarms nobody.
+    current: bool = True
 
 
 @dataclass
@@ -54,7 +57,7 @@ class Status:
         problems = [f"{name} is in ALARM" for name, state in self.fleet_alarms.items() if state == "ALARM"]
         for instance in self.instances.values():
             problems += [f"{name} is in ALARM" for name, state in instance.alarms.items() if state == "ALARM"]
-            if self.silent(instance):
+            if instance.current and self.silent(instance):
                 problems.append(f"{instance.instance_id} shipped nothing for over {metrics.SILENT_SECONDS} s")
         return problems
 
@@ -115,17 +118,19 @@ def gather(*, cloudwatch: Any, s3: Any, bucket: str, stack: str, now: datetime,
                 instances.setdefault(iid, Instance(iid)).alarms[alarm["AlarmName"]] = alarm["StateValue"]
             else:
                 fleet_alarms[alarm["AlarmName"]] = alarm["StateValue"]
+    # Without the stack's alarms (another stack name, or none deployed), every instance found counts as current.
+    alarmed = bool(instances)
     for page in cloudwatch.get_paginator("list_metrics").paginate(Namespace=stack, MetricName=metrics.HEARTBEAT):
         for metric in page["Metrics"]:
             for dimension in metric["Dimensions"]:
                 if dimension["Name"] == metrics.INSTANCE_DIMENSION:
-                    instances.setdefault(dimension["Value"], Instance(dimension["Value"]))
+                    instances.setdefault(dimension["Value"], Instance(dimension["Value"], current=not alarmed))
 
     newest: list[Newest] = []
     for symbol in symbols if symbols is not None else _symbols(s3, bucket):
         manifests = _recent_manifests(s3, bucket, symbol, now)
         for part, _ in manifests:
-            instance = instances.setdefault(part.instance_id, Instance(part.instance_id))
+            instance = instances.setdefault(part.instance_id, Instance(part.instance_id, current=not alarmed))
             if instance.last_object_ms is None or part.opened_at_ms > instance.last_object_ms:
                 instance.last_object_ms = part.opened_at_ms
         if manifests:
@@ -155,7 +160,8 @@ def table(status: Status) -> str:
     problems = status.alarming
     lines = [f"fleet at {iso_millis(status.now_ms)}: {'ALARMING' if problems else 'all well'}", ""]
     for instance in status.instances.values():
-        lines.append(f"{instance.instance_id}{'  SILENT' if status.silent(instance) else ''}")
+        notes = ("  SILENT" if status.silent(instance) else "") + ("" if instance.current else "  (not in the stack)")
+        lines.append(f"{instance.instance_id}{notes}")
         lines.append(f"  last object:  {_ago(status, instance.last_object_ms)}")
         lines.append(f"  backlog:      {_backlog(instance)}")
         for name, state in sorted(instance.alarms.items()):

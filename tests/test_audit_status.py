@@ -117,13 +117,17 @@ def test_status_names_the_silent_instance_and_its_alarm_and_exits_1(fleet: tuple
 
 
 def test_status_is_0_when_every_instance_ships_and_no_alarm_is_on(fleet: tuple[LocalS3, str]) -> None:
+    """An instance a deploy replaced (objects in the bucket, no alarm of the stack) is shown but alarms nobody."""
     s3, _ = fleet
     cloudwatch = _cloudwatch(s3)
     _put_manifest(s3, SILENT, int(time.time() * 1000) - 2000, 500)
+    _put_manifest(s3, "i-0replaced00000000", int(time.time() * 1000) - 900_000, 50)
     cloudwatch.set_alarm_state(AlarmName=f"{STACK}-2-no-object-shipped", StateValue="OK", StateReason="test")
     done = _status(s3, "--bucket", BUCKET, "--stack", STACK, "--symbols", "btcusdt")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.splitlines()[0].endswith(": all well") and "SILENT" not in done.stdout
+    assert done.stdout.splitlines()[0].endswith(": all well"), done.stdout
+    assert "\ni-0replaced00000000  SILENT  (not in the stack)\n" in done.stdout
+    assert done.stdout.count("SILENT") == 1
 
 
 def test_status_exits_2_on_bad_input_or_an_unreadable_bucket(s3_server: LocalS3) -> None:
