@@ -17,6 +17,7 @@ from collector.telemetry import Telemetry
 # and this threshold: 142 and 1. Young cyclic garbage waits for at most 50,000 allocations (a few MiB);
 # what survives into the older generations waits for their (now rarer) collections.
 GC_THRESHOLD = 50_000
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def main() -> None:
@@ -24,7 +25,7 @@ def main() -> None:
     logging.basicConfig(
         stream=sys.stderr,
         level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
     )
     # botocore logs every credential lookup at INFO; our own lines say what matters.
     logging.getLogger("botocore").setLevel(logging.WARNING)
@@ -32,6 +33,8 @@ def main() -> None:
     # event loop can wait that long for the GIL, which shows as loop lag. 1 ms keeps it responsive.
     sys.setswitchinterval(0.001)
     telemetry = Telemetry(settings, now_ms=wall_ms()) if settings.log_group else None
+    if telemetry is not None:  # the same lines as journald's
+        telemetry.handler.setFormatter(logging.Formatter(LOG_FORMAT))
     try:
         service = Service(settings, telemetry=telemetry)
     except OSError as exc:

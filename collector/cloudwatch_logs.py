@@ -29,7 +29,8 @@ MAX_BATCH_BYTES = 1_048_576
 EVENT_OVERHEAD_BYTES = 26
 MAX_EVENT_BYTES = 262_144 - EVENT_OVERHEAD_BYTES
 MAX_BATCH_SPAN_MS = 24 * 3600 * 1000
-# At the collector's usual rate (a few lines a second) this holds about an hour of lines and metrics; a few MiB.
+# At the default log level (under a line a second per symbol, two metric documents a minute) this holds hours of
+# an outage, in a few MiB.
 BUFFER_EVENTS = 10_000
 SEND_SECONDS = 5.0
 CONNECT_TIMEOUT_SECONDS = 3

@@ -62,7 +62,7 @@ def test_metrics_in_the_log_stream_add_up_to_what_the_manifests_hold(
     events = _events(s3, "test-1")
     docs = [json.loads(e["message"]) for e in events if e["message"].startswith("{")]
     lines = [e["message"] for e in events if not e["message"].startswith("{")]
-    assert any("rotated BTCUSDT-test-1-" in line for line in lines), lines[:5]
+    assert any(" INFO collector: rotated BTCUSDT-test-1-" in line for line in lines), lines[:5]
     assert any("stopped: everything shipped" in line for line in lines)
 
     trades: Counter[str] = Counter()
