@@ -66,12 +66,12 @@ class Observability(Construct):
                 service="logs", resource="log-group", resource_name=log_group_name,
                 arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME)}},
         ))
+        # The statement AWS documents for alarms that publish to an encrypted topic.
         self.key.add_to_resource_policy(iam.PolicyStatement(
             sid="CloudWatchAlarmsPublishToTheEncryptedTopic",
             principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
             actions=["kms:Decrypt", "kms:GenerateDataKey*"],
             resources=["*"],
-            conditions={"StringEquals": {"aws:SourceAccount": stack.account}},
         ))
         self.log_group = logs.LogGroup(
             self, "LogGroup", log_group_name=log_group_name, retention=RETENTION[retention_days],
@@ -79,6 +79,17 @@ class Observability(Construct):
         )
         self.topic = sns.Topic(self, "AlarmTopic", master_key=self.key, enforce_ssl=True,
                                display_name=f"{stack.stack_name} alarms")
+        # The topic's policy (TLS only) replaces SNS's default one, so the alarms need a statement of their own:
+        # this stack's alarms, by name, may publish.
+        self.topic.add_to_resource_policy(iam.PolicyStatement(
+            sid="ThisStacksAlarmsPublish",
+            principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
+            actions=["sns:Publish"],
+            resources=[self.topic.topic_arn],
+            conditions={"ArnLike": {"aws:SourceArn": stack.format_arn(
+                service="cloudwatch", resource="alarm", resource_name=f"{stack.stack_name}-*",
+                arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME)}},
+        ))
         if alarm_email:
             self.topic.add_subscription(subscriptions.EmailSubscription(alarm_email))
         self.alarms: dict[str, cw.Alarm] = {}  # by name

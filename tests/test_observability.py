@@ -51,7 +51,7 @@ def test_log_retention_is_a_context_setting(tmp_path: Path) -> None:
     assert group["RetentionInDays"] == 90
 
 
-def test_the_key_rotates_and_serves_cloudwatch_logs_for_this_group_and_alarms_for_this_account(
+def test_the_key_rotates_and_serves_cloudwatch_logs_for_this_group_and_the_alarms(
         template_json: dict[str, Any]) -> None:
     _, key = _one(template_json, "AWS::KMS::Key")
     assert key["EnableKeyRotation"] is True
@@ -64,7 +64,6 @@ def test_the_key_rotates_and_serves_cloudwatch_logs_for_this_group_and_alarms_fo
     alarms = by_sid["CloudWatchAlarmsPublishToTheEncryptedTopic"]
     assert alarms["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
     assert sorted(alarms["Action"]) == ["kms:Decrypt", "kms:GenerateDataKey*"]
-    assert alarms["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
 
 
 def test_alarm_topic_is_encrypted_tls_only_and_has_no_subscription_by_default(template_json: dict[str, Any]) -> None:
@@ -72,8 +71,14 @@ def test_alarm_topic_is_encrypted_tls_only_and_has_no_subscription_by_default(te
     topic, props = _one(template_json, "AWS::SNS::Topic")
     assert props["KmsMasterKeyId"] == {"Fn::GetAtt": [key, "Arn"]}
     _, policy = _one(template_json, "AWS::SNS::TopicPolicy")
-    (statement,) = policy["PolicyDocument"]["Statement"]
-    assert (statement["Effect"], statement["Condition"]) == ("Deny", {"Bool": {"aws:SecureTransport": "false"}})
+    tls, alarms = policy["PolicyDocument"]["Statement"]
+    assert (tls["Effect"], tls["Condition"]) == ("Deny", {"Bool": {"aws:SecureTransport": "false"}})
+    # Only this stack's alarms may publish (the policy replaces SNS's default one).
+    assert alarms == {"Sid": "ThisStacksAlarmsPublish", "Effect": "Allow", "Action": "sns:Publish",
+                      "Principal": {"Service": "cloudwatch.amazonaws.com"}, "Resource": {"Ref": topic},
+                      "Condition": {"ArnLike": {"aws:SourceArn": {"Fn::Join": ["", [
+                          "arn:", {"Ref": "AWS::Partition"}, ":cloudwatch:", {"Ref": "AWS::Region"}, ":",
+                          {"Ref": "AWS::AccountId"}, f":alarm:{STACK_NAME}-*"]]}}}}
     assert not _resources(template_json, "AWS::SNS::Subscription")
     for alarm in _alarms(template_json).values():
         assert {"Ref": topic} in alarm["AlarmActions"] and alarm["OKActions"] == [{"Ref": topic}]
