@@ -206,7 +206,8 @@ def test_script_runs_to_the_end_with_stubbed_system_commands(tmp_path: Path) -> 
 
 def _assert_boot_log_shipped(tmp_path: Path, calls: list[str]) -> None:
     """Right before the signal: into the instance's stream of the stack's log group."""
-    target = f"--region ap-northeast-1 --log-group-name {'g' * 512} --log-stream-name i-0123456789abcdef0"
+    target = (f"--region ap-northeast-1 --log-group-name {'g' * 512} --log-stream-name i-0123456789abcdef0 "
+              "--cli-connect-timeout 5 --cli-read-timeout 10")
     assert calls[-3:-1] == [f"aws logs create-log-stream {target}",
                             f"aws logs put-log-events {target} --log-events {calls[-2].rsplit(' ', 1)[1]}"]
     events = json.loads((tmp_path / "boot-events.json").read_text())

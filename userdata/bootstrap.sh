@@ -48,7 +48,9 @@ for line in reversed(lines[-5000:]):  # within PutLogEvents' limits; the last li
 now = int(time.time() * 1000)
 print(json.dumps([{"timestamp": now, "message": line} for line in reversed(kept)] or [{"timestamp": now, "message": "no boot log"}]))
 PY
-  local target=(--region '@REGION@' --log-group-name '@LOG_GROUP@' --log-stream-name "${instance_id}")
+  # Short timeouts: an unreachable CloudWatch may not hold up the signal for long.
+  local target=(--region '@REGION@' --log-group-name '@LOG_GROUP@' --log-stream-name "${instance_id}"
+    --cli-connect-timeout 5 --cli-read-timeout 10)
   aws logs create-log-stream "${target[@]}" 2>/dev/null || true
   aws logs put-log-events "${target[@]}" --log-events "file://${events}" > /dev/null || true
   rm -f "${events}"
