@@ -150,11 +150,12 @@ class LogShipper:
                 self._stream_ready = False
             if self._failing_since is None:
                 self._failing_since = time.monotonic()
-                log.warning("CloudWatch Logs unreachable (%s): log lines and metrics wait in memory (at most %d "
-                            "events, the rest is dropped and counted)", exc, self.capacity)
+                log.warning("CloudWatch Logs %s (%s): log lines and metrics wait in memory (at most %d events, "
+                            "the rest is dropped and counted)", "unreachable" if code is None else "refused", exc,
+                            self.capacity)
             return False
         if self._failing_since is not None:
-            log.warning("CloudWatch Logs reachable again after %.0f s; %d event(s) dropped meanwhile",
+            log.warning("CloudWatch Logs accepts events again after %.0f s; %d event(s) dropped meanwhile",
                         time.monotonic() - self._failing_since, self.dropped - self._dropped_reported)
             self._failing_since = None
             self._dropped_reported = self.dropped

@@ -141,7 +141,7 @@ def test_while_cloudwatch_is_down_the_buffer_stays_bounded_counts_drops_and_then
         record_log.removeHandler(handler)
     assert [e["message"] for e in client.accepted] == [f"line {n}" for n in range(5)]
     assert client.streams == ["i-1"]
-    assert "CloudWatch Logs reachable again" in caplog.text and "3 event(s) dropped meanwhile" in caplog.text
+    assert "CloudWatch Logs accepts events again" in caplog.text and "3 event(s) dropped meanwhile" in caplog.text
 
 
 def test_at_exit_what_could_not_be_sent_is_counted_in_the_log(caplog):
