@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from io import BufferedWriter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -27,6 +27,9 @@ from collector.s3_uploader import S3Uploader, make_client
 from collector.shipper import Shipper
 from collector.spool import Spool
 from collector.ws_client import SymbolStream
+
+if TYPE_CHECKING:
+    from collector.telemetry import Telemetry
 
 log = logging.getLogger("collector")
 
@@ -183,8 +186,9 @@ class SymbolSpool:
 
 
 class Service:
-    def __init__(self, config: Config, *, s3_client: Any = None) -> None:
+    def __init__(self, config: Config, *, s3_client: Any = None, telemetry: Telemetry | None = None) -> None:
         self.config = config
+        self.telemetry = telemetry
         self.spool = Spool(config.spool_dir, bucket=config.bucket, gzip_level=config.gzip_level, clock_ms=wall_ms)
         self._stop_uploads = threading.Event()
         self.shipper = Shipper(
@@ -261,6 +265,8 @@ class Service:
             stats.uncompressed_bytes, compressed, stats.trade_id_gaps, stats.malformed_messages,
             (time.perf_counter() - started) * 1000,
         )
+        if self.telemetry is not None:
+            self.telemetry.sealed(spool_file.part.symbol, stats)
         self.shipper.add(sealed)
 
     def _check_clock(self, spool_file: SpoolFile) -> None:
@@ -309,6 +315,8 @@ class Service:
             if loop.time() >= next_disk_check:
                 next_disk_check = loop.time() + DISK_CHECK_SECONDS
                 await self._check_disk(loop.time())
+            if self.telemetry is not None and self.telemetry.metrics.due(now_ms):
+                await self.telemetry.report(now_ms, self.shipper)
 
     async def _check_disk(self, now: float) -> None:
         used = await asyncio.to_thread(self.spool.usage_bytes)
@@ -394,6 +402,8 @@ class Service:
         lost = self.lost_in_files + sum(symbol.unwritten for symbol in self.symbols)
         if lost:
             log.critical("%d trade(s) received could not be written: the spool failed", lost)
+        if self.telemetry is not None:  # the last files' counts
+            await self.telemetry.report(wall_ms(), self.shipper)
         if c.lag_report is not None and self._lag_ms is not None:
             c.lag_report.write_bytes(msgspec.json.encode({"tick_seconds": TICK_SECONDS, "lag_ms": self._lag_ms}))
         return self.exit_status

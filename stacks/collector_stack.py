@@ -1,5 +1,5 @@
-"""The one stack: raw bucket + collector fleet, and the single permission that connects them; Athena over the
-bucket for the operator's SQL."""
+"""The one stack: raw bucket + collector fleet + what watches them, and the permissions that connect them;
+Athena over the bucket for the operator's SQL."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from constructs import Construct
 from collector.keys import DATA_PREFIX, MANIFEST_PREFIX
 from stacks.analytics import Analytics
 from stacks.fleet import CollectorFleet
+from stacks.observability import Observability
 from stacks.raw_bucket import RawBucket
 from stacks.settings import Settings
 from userdata import ARCHIVE_PATH, render_user_data
@@ -29,6 +30,11 @@ class CollectorStack(cdk.Stack):
         super().__init__(scope, construct_id, **kwargs)
         self.raw_bucket = RawBucket(self, "RawBucket", destroy_data=settings.destroy_data)
         bucket = self.raw_bucket.bucket
+        # The metrics' namespace and the log group are named after the stack, so two stacks never mix.
+        self.observability = Observability(
+            self, "Observability", log_group_name=f"/tradecollector/{self.stack_name}",
+            retention_days=settings.log_retention_days, namespace=self.stack_name, alarm_email=settings.alarm_email,
+        )
 
         # The collector travels in the template (each instance's AWS::CloudFormation::Init metadata), as it is
         # too big for the user-data; the user-data pins its sha256. Nothing is fetched from S3 or elsewhere.
@@ -49,6 +55,8 @@ class CollectorStack(cdk.Stack):
                 resource=resource,
                 symbols=",".join(settings.symbols),
                 ws_url=settings.ws_url,
+                log_group=self.observability.log_group.log_group_name,
+                namespace=self.observability.namespace,
             )
 
         self.fleet = CollectorFleet(
@@ -82,6 +90,8 @@ class CollectorStack(cdk.Stack):
             )
 
         self.analytics = Analytics(self, "Analytics", bucket=bucket, symbols=settings.symbols)
+        self.logs_statement = self.observability.grant_write(self.fleet.role)
+        self.observability.watch(instances=self.fleet.instances, symbols=settings.symbols)
 
         cdk.CfnOutput(self, "BucketName", value=bucket.bucket_name, description="where the trades land")
         cdk.CfnOutput(self, "InstanceRoleArn", value=self.fleet.role.role_arn, description="collectors' role")
@@ -93,3 +103,7 @@ class CollectorStack(cdk.Stack):
         )
         cdk.CfnOutput(self, "AthenaWorkGroup", value=self.analytics.workgroup.ref,
                       description="Athena workgroup (and Glue database) for SQL over the trades")
+        cdk.CfnOutput(self, "LogGroupName", value=self.observability.log_group.log_group_name,
+                      description="the collectors' logs and boot logs, one stream per instance id")
+        cdk.CfnOutput(self, "AlarmTopicArn", value=self.observability.topic.topic_arn,
+                      description="subscribe here to be alerted (or deploy with -c alarmEmail=...)")

@@ -104,7 +104,11 @@ def test_the_cdk_context_table_is_every_key_with_cdk_json_s_default():
     context = cdk_context()
     assert set(rows) == set(CONTEXT_KEYS)
     for key in CONTEXT_KEYS:
-        assert rows[key][0] == str(context[key]).lower() if isinstance(context[key], bool) else str(context[key])
+        value = context[key]
+        if value == "":
+            assert rows[key][0].startswith("empty"), key
+        else:
+            assert rows[key][0] == (str(value).lower() if isinstance(value, bool) else str(value)), key
 
 
 def test_the_documented_key_layout_is_the_one_the_code_writes():

@@ -180,7 +180,7 @@ def shipper(tmp_path, s3):
 def test_a_412_on_a_key_we_never_tried_quarantines_the_file_and_never_deletes_it(shipper, s3):
     item = _sealed(shipper.spool.dir, shipper.spool, 7)
     s3.client().put_object(Bucket=BUCKET, Key=item.part.data_key, Body=b"someone else's bytes")
-    assert shipper._ship(item) is False
+    assert shipper._ship(item) is None
     kept = shipper.spool.dir / QUARANTINE_DIR
     assert sorted(p.name for p in kept.iterdir()) == sorted(
         [item.part.stem + GZ, item.part.stem + MANIFEST, item.part.stem + ATTEMPTED])
@@ -194,7 +194,7 @@ def test_a_412_after_an_attempt_of_ours_counts_as_already_there(shipper, s3):
     item = _sealed(shipper.spool.dir, shipper.spool, 8)
     shipper.spool.note_attempt(item)  # a previous run started this upload; its answer was lost
     s3.client().put_object(Bucket=BUCKET, Key=item.part.data_key, Body=item.data.read_bytes())
-    assert shipper._ship(item) is True
+    assert shipper._ship(item) is not None
     assert sorted(p.name for p in shipper.spool.dir.iterdir()) == [STAMP_FILE]
 
 

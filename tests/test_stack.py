@@ -166,8 +166,10 @@ def test_destroy_data_flag_opts_into_deleting_the_bucket(opt_in_template: Templa
 # --- IAM ----------------------------------------------------------------------------------------------------
 
 
-def test_role_may_only_put_objects_and_read_and_signal_this_stack(template_json: dict[str, Any]) -> None:
-    """Besides the PutObject statement, only what cfn-init and cfn-signal need, on this stack and nothing else."""
+def test_role_may_only_put_objects_write_its_logs_and_read_and_signal_this_stack(
+        template_json: dict[str, Any]) -> None:
+    """Besides the PutObject statement and the log group's (test_observability.py), only what cfn-init and
+    cfn-signal need, on this stack and nothing else."""
     (profile,) = _resources(template_json, "AWS::IAM::InstanceProfile").values()
     (instance_role,) = profile["Properties"]["Roles"]
     role = template_json["Resources"][instance_role["Ref"]]["Properties"]
@@ -177,8 +179,8 @@ def test_role_may_only_put_objects_and_read_and_signal_this_stack(template_json:
         if instance_role in policy["Properties"]["Roles"]
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]
     ]
-    assert len(statements) == 2, statements
-    (cloudformation,) = [s for s in statements if s.get("Sid") != "PutCollectedObjects"]
+    assert len(statements) == 3, statements
+    (cloudformation,) = [s for s in statements if s.get("Sid") not in ("PutCollectedObjects", "WriteCollectorLogs")]
     assert cloudformation == {
         "Action": ["cloudformation:DescribeStackResource", "cloudformation:SignalResource"],
         "Effect": "Allow",
@@ -377,7 +379,9 @@ def _init_metadata(template_json: dict[str, Any]) -> dict[str, Any]:
 
 
 # Longest values CloudFormation can substitute: bucket names have at most 63 characters, stack names 128.
-_WORST_CASE_REFS = {BUCKET: "b" * 63, "AWS::Region": "ap-southeast-5x", "AWS::StackName": "s" * 128}
+LOG_GROUP = "ObservabilityLogGroup43951639"
+_WORST_CASE_REFS = {BUCKET: "b" * 63, "AWS::Region": "ap-southeast-5x", "AWS::StackName": "s" * 128,
+                    LOG_GROUP: LOG_GROUP}
 
 
 def _resolved_user_data(user_data: dict[str, Any], refs: dict[str, str] | None = None) -> str:
@@ -406,7 +410,7 @@ def test_instances_differ_only_in_the_logical_id_their_script_reads_and_signals(
         assert f"--stack '{'s' * 128}' --resource '{name}' --region 'ap-southeast-5x'" in script
         assert script == userdata.render_user_data(
             archive=collector_archive(), bucket="b" * 63, region="ap-southeast-5x", stack="s" * 128, resource=name,
-            symbols="BTCUSDT", ws_url=BINANCE_WS_URL,
+            symbols="BTCUSDT", ws_url=BINANCE_WS_URL, log_group=LOG_GROUP, namespace=STACK_NAME,
         )
     assert len({json.dumps(init, sort_keys=True) for init in _init_metadata(template_json).values()}) == 1
 
@@ -547,6 +551,8 @@ def test_cdk_json_holds_every_context_default_and_keeps_the_cli_offline() -> Non
     ({"instanceCount": "three"}, "instanceCount"),
     ({"destroyData": "yes"}, "destroyData"),
     ({"ssmAccess": None}, "ssmAccess"),
+    ({"logRetentionDays": "31"}, "logRetentionDays"),
+    ({"alarmEmail": "not an address"}, "alarmEmail"),
 ])
 def test_bad_context_fails_at_synth_naming_the_key(overrides: dict[str, Any], message: str) -> None:
     app = cdk.App(context=cdk_context(**overrides))
