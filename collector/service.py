@@ -316,8 +316,9 @@ class Service:
             if loop.time() >= next_disk_check:
                 next_disk_check = loop.time() + DISK_CHECK_SECONDS
                 await self._check_disk(loop.time())
-            if self.telemetry is not None and self.telemetry.metrics.due(now_ms):
-                await self.telemetry.report(now_ms, self.shipper)
+            # Metrics are stamped, and backlog ages measured from file names, on the wall clock.
+            if self.telemetry is not None and self.telemetry.metrics.due(wall := wall_ms()):
+                await self.telemetry.report(wall, self.shipper)
 
     async def _check_disk(self, now: float) -> None:
         used = await asyncio.to_thread(self.spool.usage_bytes)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections import Counter
 from typing import Any
 
@@ -56,6 +57,7 @@ def test_metrics_in_the_log_stream_add_up_to_what_the_manifests_hold(
                                 metrics_namespace=NAMESPACE, metrics_interval=1,
                                 aws_env={"AWS_ENDPOINT_URL_CLOUDWATCH_LOGS": s3.endpoint})
     collector.wait_for_log("uploaded s3://", count=8)
+    time.sleep(2.5)  # at least two whole metric intervals, however slowly the machine got here
     assert collector.terminate() == 0
     landing = landed(s3, feed, ("BTCUSDT", "ETHUSDT"), manifest_schema)
 
