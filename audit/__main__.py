@@ -1,8 +1,9 @@
-"""`python -m audit`: completeness audit, backfill and compaction of one symbol's day; SQL over the trades.
+"""`python -m audit`: completeness audit, backfill and compaction of one symbol's day; SQL over the trades;
+the fleet's status.
 
-Exit status: 0 when the day is complete (for `query`: when the query ran), 1 when holes remain (or
-objects do not match their manifests, or compact cannot certify every line), 2 for bad input, failing
-SQL, or when the bucket or the REST history cannot be read.
+Exit status: 0 when the day is complete (query: when the query ran; status: when all is well), 1 when holes
+remain, objects do not match their manifests or compact cannot certify every line (status: something is
+alarming), 2 for bad input, failing SQL, or when the bucket, CloudWatch or the REST history cannot be read.
 """
 
 from __future__ import annotations
@@ -17,16 +18,20 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import boto3
 import duckdb
 import msgspec
 from boto3.exceptions import Boto3Error
 from botocore.exceptions import BotoCoreError, ClientError
 
-from audit import backfill, binance_rest, bucket, check, compact, daily, parquet_day, plot, query, report
+from audit import backfill, binance_rest, bucket, check, compact, daily, parquet_day, plot, query, report, status
 from audit.corroborate import DEFAULT_MODE, Mode
 from collector.config import bucket_name, symbol_list
 
-COMMANDS = ("check", "backfill", "compact", "daily", "query")
+COMMANDS = ("check", "backfill", "compact", "daily", "query", "status")
+# The stack's name in stacks/application.py (a test holds them together): the metrics' namespace and the prefix
+# of the alarms' names.
+STACK_NAME = "BinanceTradeCollector"
 
 
 def _symbol(text: str) -> str:
@@ -63,7 +68,7 @@ def _as_argparse(fn: object) -> object:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m audit", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n")[1])
-    sub = parser.add_subparsers(dest="command", metavar="{check,backfill,compact,daily,query}")
+    sub = parser.add_subparsers(dest="command", metavar="{check,backfill,compact,daily,query,status}")
     yesterday = datetime.now(UTC).date() - timedelta(days=1)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--bucket", required=True, type=_as_argparse(bucket_name), help="the collector's bucket")
@@ -129,7 +134,23 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--max-rows", type=int, default=100, help="rows a table shows (default: %(default)s)")
     q.add_argument("--cache", type=Path, default=query.default_cache(), help="local cache (default: %(default)s)")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    st = sub.add_parser("status", help="the fleet's health now: alarms, last object and backlog per instance",
+                        description="From CloudWatch (the stack's alarms, the collectors' backlog metrics) and the "
+                        "bucket (each instance's newest object in the last hours, the newest manifest per symbol). "
+                        "Exit status 1 when an alarm is on or an instance shipped nothing for 3 minutes.")
+    st.add_argument("--bucket", required=True, type=_as_argparse(bucket_name), help="the collector's bucket")
+    st.add_argument("--stack", default=STACK_NAME, help="the stack's name (default: %(default)s)")
+    st.add_argument("--symbols", type=_as_argparse(symbol_list),
+                    help="comma-separated symbols (default: every symbol in the bucket)")
     return parser
+
+
+def _status(args: argparse.Namespace) -> int:
+    found = status.gather(cloudwatch=boto3.client("cloudwatch"), s3=bucket.client(), bucket=args.bucket,
+                          stack=args.stack, now=status.utc_now(), symbols=args.symbols)
+    print(status.table(found))
+    return 1 if found.alarming else 0
 
 
 def _query(args: argparse.Namespace, s3: Any) -> int:
@@ -229,9 +250,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _parser().print_help()
         return 2
     try:
+        if args.command == "status":
+            return _status(args)
         return _run(args, bucket.client())
     except (BotoCoreError, ClientError, Boto3Error) as exc:
-        print(f"audit: cannot use s3://{args.bucket}: {exc}", file=sys.stderr)
+        print(f"audit: cannot use s3://{args.bucket}{' or CloudWatch' if args.command == 'status' else ''}: {exc}",
+              file=sys.stderr)
         return 2
     except parquet_day.NotExact as exc:
         print(f"audit: cannot compact: {exc}", file=sys.stderr)

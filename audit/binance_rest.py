@@ -117,15 +117,20 @@ def binance_error(body: bytes) -> tuple[int | None, str]:
     return None, body[:200].decode(errors="replace")
 
 
+def _json_array(body: bytes, limit: int, where: str, what: str) -> list[Any]:
+    try:
+        rows = msgspec.json.decode(body)
+    except msgspec.DecodeError as error:
+        raise HistoryError(f"{where}: not JSON ({error})") from None
+    if not isinstance(rows, list) or len(rows) > limit:
+        raise HistoryError(f"{where}: not a JSON array of at most {limit} {what}: {body[:200]!r}")
+    return rows
+
+
 def check_page(body: bytes, symbol: str, from_id: int, limit: int) -> list[dict[str, Any]]:
     """The trades in a 200 answer to `fromId=from_id&limit=limit`, or HistoryError if it is not such a page."""
     where = f"malformed answer for {symbol} fromId={from_id}"
-    try:
-        records = msgspec.json.decode(body)
-    except msgspec.DecodeError as error:
-        raise HistoryError(f"{where}: not JSON ({error})") from None
-    if not isinstance(records, list) or len(records) > limit:
-        raise HistoryError(f"{where}: not a JSON array of at most {limit} trades: {body[:200]!r}")
+    records = _json_array(body, limit, where, "trades")
     previous = from_id - 1
     for n, record in enumerate(records):
         # `type(...) is` rather than isinstance: JSON true must not pass for an int id.
@@ -141,12 +146,7 @@ def check_page(body: bytes, symbol: str, from_id: int, limit: int) -> list[dict[
 
 def check_klines(body: bytes, limit: int) -> list[list[Any]]:
     """The klines in a 200 answer to `GET /api/v3/klines`, or HistoryError if it is not such a list."""
-    try:
-        rows = msgspec.json.decode(body)
-    except msgspec.DecodeError as error:
-        raise HistoryError(f"malformed klines answer: not JSON ({error})") from None
-    if not isinstance(rows, list) or len(rows) > limit:
-        raise HistoryError(f"malformed klines answer: not a JSON array of at most {limit} klines: {body[:200]!r}")
+    rows = _json_array(body, limit, "malformed klines answer", "klines")
     for n, row in enumerate(rows):
         if (not isinstance(row, list) or len(row) < 11 or type(row[0]) is not int or type(row[6]) is not int
                 or type(row[8]) is not int or not all(isinstance(row[i], str) for i in (1, 2, 3, 4, 5, 7, 9, 10))):

@@ -19,7 +19,7 @@ import heapq
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +45,7 @@ from audit.corroborate import (
 from audit.days import reaches_into
 from audit.entries import MAX_OBJECT_BYTES, Entry, instance_order
 from audit.objects import Line, check_object
-from audit.parquet_day import Tee, TradesParquet
+from audit.parquet_day import TradesParquet
 from audit.ranges import Hole
 from collector import manifest
 from collector.config import GZIP_LEVEL
@@ -153,9 +153,11 @@ def _opened(entry: Entry, body: bytes, symbol: str, m: Merged) -> Iterator[Line]
 
 
 def merge_into(out: BinaryIO, bodies: Iterable[tuple[int, Entry, bytes]], symbol: str, start_ms: int,
-               end_ms: int, *, judge: Judge, certificate: Certificate) -> Merged:
+               end_ms: int, *, judge: Judge, certificate: Certificate,
+               kept: Callable[[bytes, How], None] | None = None) -> Merged:
     """Write the day's lines of `bodies` (given in order of first id; the int ranks the source, lower first)
-    to `out`, each id once, in id order, as `judge` decides from all the copies of it. No S3 here."""
+    to `out`, each id once, in id order, as `judge` decides from all the copies of it; `kept` also gets each
+    line written, with what vouches for it. No S3 here."""
     m = Merged(certificate)
     heap: list[tuple[int, int, Line, Iterator[Line], Entry]] = []
     pending = iter(bodies)
@@ -199,6 +201,8 @@ def merge_into(out: BinaryIO, bodies: Iterable[tuple[int, Entry, bytes]], symbol
             m.gaps.append(Hole(m.last.trade_id + 1, trade_id - 1, m.last.trade_time, decision.trade_time))
         out.write(decision.line + b"\n")
         assert decision.how is not None
+        if kept is not None:
+            kept(decision.line, decision.how)
         certificate.count(trade_id, decision.how)
         m.duplicates_dropped += len(copies) - 1
         m.records += 1
@@ -243,7 +247,6 @@ class Curated:
     manifest_key: str
     manifest: dict[str, Any]
     seconds: float
-    written: bool = True  # False: `certified_only` and the day is not certified, so nothing was uploaded
 
 
 def _previous_data_key(s3: Any, name: str, manifest_key: str) -> str | None:
@@ -274,8 +277,9 @@ def run(s3: Any, audit: Audit, *, mode: Mode = DEFAULT_MODE, history: Historical
         with path.open("wb") as raw, open_gzip(raw, GZIP_LEVEL) as out, TradesParquet(trades_path) as table:
             bodies = bucket.progress(_fetch_in_order(s3, audit.bucket, sources), total=len(sources),
                                      desc="merging", quiet=quiet)
-            merged = merge_into(Tee(out, table), bodies, audit.symbol, cov.start_ms, cov.end_ms,  # type: ignore[arg-type]
-                                judge=judge_with(mode, exchange, audit.symbol), certificate=Certificate(mode))
+            merged = merge_into(out, bodies, audit.symbol, cov.start_ms, cov.end_ms,
+                                judge=judge_with(mode, exchange, audit.symbol), certificate=Certificate(mode),
+                                kept=table.add)
         digest = hashlib.sha256()
         with path.open("rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
@@ -286,7 +290,7 @@ def run(s3: Any, audit: Audit, *, mode: Mode = DEFAULT_MODE, history: Historical
         doc = curated_manifest(audit, data_key, merged, path.stat().st_size, digest.hexdigest(),
                                int(time.time() * 1000) if now_ms is None else now_ms, len(sources), asked)
         if certified_only and not doc["complete"]:
-            return Curated(data_key, manifest_key, doc, time.monotonic() - started, written=False)
+            return Curated(data_key, manifest_key, doc, time.monotonic() - started)  # nothing uploaded
         previous = _previous_data_key(s3, audit.bucket, manifest_key)
         previous_tables = curated_tables.previous_keys(s3, audit.bucket, manifest_key)
         s3.upload_file(str(path), audit.bucket, data_key,

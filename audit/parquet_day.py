@@ -9,7 +9,9 @@ Column types (also the Glue tables' and the query views'):
   digits hold any trade's value many times over;
 - trade and event times are TIMESTAMP in milliseconds, UTC, without a zone (what Athena's `timestamp` is):
   both engines compare and bucket them with their date functions, and the millisecond is Binance's own
-  resolution, so `epoch_ms(trade_time)` gives back Binance's integer exactly.
+  resolution, so `epoch_ms(trade_time)` gives back Binance's integer exactly;
+- `corroboration` says what vouches for the trade (`audit.corroborate.How`: replicas, replica_and_exchange,
+  exchange, majority, uncorroborated), so a query can keep only what two replicas or the exchange confirm.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import io
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -35,6 +36,7 @@ TRADES_SCHEMA = pa.schema([
     ("trade_time", TIME),
     ("event_time", TIME),
     ("buyer_is_maker", pa.bool_()),
+    ("corroboration", pa.string()),
 ])
 COMPRESSION = "zstd"
 # 512 Ki trades a row group: ~40 MiB in Arrow while it is built (the writer's memory bound) and a few MiB of
@@ -58,8 +60,9 @@ class NotExact(ValueError):
     """A trade whose price or quantity has no exact value in the table's decimal columns."""
 
 
-def trades_table(jsonl: bytes) -> pa.Table:
-    """Trade events (JSONL, Binance's spelling) as a table of TRADES_SCHEMA, every value exact. No I/O."""
+def trades_table(jsonl: bytes, corroboration: list[str] | None = None) -> pa.Table:
+    """Trade events (JSONL, Binance's spelling) as a table of TRADES_SCHEMA, every value exact, with what
+    vouches for each line (null where not given). No I/O."""
     raw = pa_json.read_json(io.BytesIO(jsonl), read_options=_READ, parse_options=_PARSE)
     try:
         price = pc.cast(raw["p"], PRICE)
@@ -72,13 +75,14 @@ def trades_table(jsonl: bytes) -> pa.Table:
         quote = pc.cast(pc.multiply(pc.cast(price, wide), pc.cast(quantity, wide)), QUOTE)
     except pa.ArrowInvalid as exc:
         raise NotExact(f"a quote quantity does not fit DECIMAL({QUOTE.precision}, {QUOTE.scale}): {exc}") from None
-    return pa.table([raw["t"], price, quantity, quote, pc.cast(raw["T"], TIME), pc.cast(raw["E"], TIME), raw["m"]],
-                    schema=TRADES_SCHEMA)
+    vouched = pa.array(corroboration if corroboration is not None else [None] * raw.num_rows, pa.string())
+    return pa.table([raw["t"], price, quantity, quote, pc.cast(raw["T"], TIME), pc.cast(raw["E"], TIME), raw["m"],
+                     vouched], schema=TRADES_SCHEMA)
 
 
 class TradesParquet:
-    """A file-like sink for trade lines (`write(line + b"\\n")`, as the merge writes them) that writes them to
-    `path` as zstd Parquet, a row group at a time: memory holds one row group, not the day."""
+    """A sink for the merge's trade lines (`add(line, how)`) that writes them to `path` as zstd Parquet, a row
+    group at a time: memory holds one row group, not the day."""
 
     def __init__(self, path: Path, *, row_group_rows: int = ROW_GROUP_ROWS, batch_rows: int = BATCH_ROWS) -> None:
         self.path = path
@@ -87,21 +91,23 @@ class TradesParquet:
         self._row_group_rows = row_group_rows
         self._batch_rows = batch_rows
         self._lines: list[bytes] = []
+        self._hows: list[str] = []
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self._writer = pq.ParquetWriter(path, TRADES_SCHEMA, compression=COMPRESSION)
 
-    def write(self, data: bytes) -> int:
-        """One trade line, `\\n`-terminated."""
-        self._lines.append(data)
+    def add(self, line: bytes, how: str) -> None:
+        """One trade line (without its `\\n`) and what vouches for it."""
+        self._lines.append(line)
+        self._hows.append(how)
         if len(self._lines) >= self._batch_rows:
             self._parse()
-        return len(data)
 
     def _parse(self) -> None:
         if self._lines:
-            table = trades_table(b"".join(self._lines))
-            self._lines = []
+            self._lines.append(b"")
+            table = trades_table(b"\n".join(self._lines), self._hows)
+            self._lines, self._hows = [], []
             self._pending.append(table)
             self._pending_rows += table.num_rows
         while self._pending_rows >= self._row_group_rows:
@@ -130,15 +136,3 @@ class TradesParquet:
             self.close()
         else:
             self._writer.close()
-
-
-class Tee:
-    """Writes every `write` to each of `sinks`: the merge's one output stream, fed to the JSONL and the Parquet."""
-
-    def __init__(self, *sinks: BinaryIO | TradesParquet) -> None:
-        self._sinks = sinks
-
-    def write(self, data: bytes) -> int:
-        for sink in self._sinks:
-            sink.write(data)
-        return len(data)

@@ -8,7 +8,8 @@ import logging
 import sys
 
 from collector import config
-from collector.service import Service
+from collector.service import Service, wall_ms
+from collector.telemetry import Telemetry
 
 # Every trade allocates a few short-lived objects that the garbage collector tracks, though the hot path
 # makes no reference cycles. At CPython's default threshold (700), 2 M flood messages (bench/) ran 4,043
@@ -16,6 +17,7 @@ from collector.service import Service
 # and this threshold: 142 and 1. Young cyclic garbage waits for at most 50,000 allocations (a few MiB);
 # what survives into the older generations waits for their (now rarer) collections.
 GC_THRESHOLD = 50_000
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def main() -> None:
@@ -23,15 +25,18 @@ def main() -> None:
     logging.basicConfig(
         stream=sys.stderr,
         level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
     )
     # botocore logs every credential lookup at INFO; our own lines say what matters.
     logging.getLogger("botocore").setLevel(logging.WARNING)
     # The sealing and upload threads run Python code (boto3); with the default 5 ms switch interval the
     # event loop can wait that long for the GIL, which shows as loop lag. 1 ms keeps it responsive.
     sys.setswitchinterval(0.001)
+    telemetry = Telemetry(settings, now_ms=wall_ms()) if settings.log_group else None
+    if telemetry is not None:  # the same lines as journald's
+        telemetry.handler.setFormatter(logging.Formatter(LOG_FORMAT))
     try:
-        service = Service(settings)
+        service = Service(settings, telemetry=telemetry)
     except OSError as exc:
         print(f"python -m collector: error: spool directory {settings.spool_dir}: {exc.strerror}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -40,7 +45,14 @@ def main() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD)
-    raise SystemExit(asyncio.run(service.run()))
+    if telemetry is None:
+        raise SystemExit(asyncio.run(service.run()))
+    telemetry.start()
+    try:
+        status = asyncio.run(service.run())
+    finally:
+        telemetry.close()
+    raise SystemExit(status)
 
 
 if __name__ == "__main__":

@@ -50,10 +50,15 @@ MAX_SYMBOLS = 500
 CONNECT_STATE_FILE = "connect-budget.json"
 # Set to 1 where the collector reads a local ws:// feed (the sandbox, the tests, the benchmark); never on AWS.
 ALLOW_INSECURE_WS_ENV = "COLLECTOR_ALLOW_INSECURE_WS"
+# CloudWatch: the stack's namespace and log group reach the instances through the environment file.
+METRICS_NAMESPACE = "TradeCollector"
+METRICS_INTERVAL = 60.0
 
 _SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}$")
 _INSTANCE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_LOG_GROUP_RE = re.compile(r"^[A-Za-z0-9._/#-]{1,512}$")
+_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9 ._/#-]{1,255}$")
 
 
 class ConfigError(ValueError):
@@ -83,6 +88,9 @@ class Config:
     connect_state: Path | None
     log_level: str
     lag_report: Path | None
+    log_group: str
+    metrics_namespace: str
+    metrics_interval: float
 
 
 def _positive_int(text: str) -> int:
@@ -160,6 +168,18 @@ def _log_level(text: str) -> str:
     if text.upper() not in _LOG_LEVELS:
         raise ValueError(f"must be one of {', '.join(_LOG_LEVELS)}")
     return text.upper()
+
+
+def _log_group(text: str) -> str:
+    if text and not _LOG_GROUP_RE.match(text):
+        raise ValueError("must be a CloudWatch Logs group name (letters, digits, '._/#-')")
+    return text
+
+
+def _namespace(text: str) -> str:
+    if not _NAMESPACE_RE.match(text) or text.startswith("AWS/"):
+        raise ValueError("must be a CloudWatch namespace of letters, digits, spaces and '._/#-', not AWS/...")
+    return text
 
 
 def _on_off(text: str) -> bool:
@@ -240,6 +260,11 @@ def _options(environ: Mapping[str, str]) -> list[_Option]:
         _Option("log_level", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
         _Option("lag_report", _optional_path, "",
                 "write event-loop lag samples (JSON) to this file at exit; used by bench/ (off when empty)"),
+        _Option("log_group", _log_group, "",
+                "CloudWatch Logs group for the log lines and the metrics (EMF); off when empty"),
+        _Option("metrics_namespace", _namespace, METRICS_NAMESPACE, "CloudWatch namespace of the metrics"),
+        _Option("metrics_interval", _positive_float, str(METRICS_INTERVAL),
+                "seconds between two metric reports"),
     ]
 
 

@@ -68,6 +68,11 @@ class Part:
         return cls(symbol=m["symbol"], instance_id=m["instance"], opened_at_ms=ms)
 
 
+def symbols_prefix(prefix: str) -> str:
+    """What every symbol's folder under `prefix` starts with; the symbol and a slash follow."""
+    return f"{prefix}exchange={EXCHANGE}/stream={STREAM}/symbol="
+
+
 def hour_prefix(prefix: str, symbol: str, day: date, hour: int) -> str:
     """The folder of one hour's objects under `prefix` (raw/, manifests/ or backfill/)."""
     return hour_folder(prefix, symbol, f"{day:%Y-%m-%d}", f"{hour:02d}")
@@ -75,7 +80,7 @@ def hour_prefix(prefix: str, symbol: str, day: date, hour: int) -> str:
 
 def hour_folder(prefix: str, symbol: str, day: str, hour: str) -> str:
     """`hour_prefix` from strings, which may be placeholders (Athena's partition projection fills them)."""
-    return f"{prefix}exchange={EXCHANGE}/stream={STREAM}/symbol={symbol}/date={day}/hour={hour}/"
+    return f"{symbols_prefix(prefix)}{symbol}/date={day}/hour={hour}/"
 
 
 def curated_manifest_key(symbol: str, day: date) -> str:

@@ -31,10 +31,10 @@ class SpoolFile:
 
 
 class Placement(NamedTuple):
-    """What placing a trade asks of the shell: seal `seal` (if any) before appending the line to the
+    """What placing a trade asks of the shell: close `closes` (if any) before appending the line to the
     rotator's `current` file; log `gap` or `replayed_after` (if any)."""
 
-    seal: SpoolFile | None
+    closes: SpoolFile | None
     gap: Gap | None
     # The last id taken before this trade, when this trade's id is not above it: the server replayed trades.
     replayed_after: int | None = None
@@ -76,7 +76,7 @@ class Rotator:
         line_bytes = len(trade.raw) + 1
         last_id = self.ids.last_id
         replayed = last_id is not None and trade.trade_id <= last_id
-        seal = current = self.current
+        closes = current = self.current
         if current is None or (
             replayed  # the open file's last id is the run's last id
             or current.stats.uncompressed_bytes + line_bytes > self.rotate_bytes
@@ -84,12 +84,12 @@ class Rotator:
         ):
             current = self.current = self._open(now_ms)
         else:
-            seal = None
+            closes = None
         gap = self.ids.advance(trade.trade_id)
         current.stats.add(trade, line_bytes, gap)
-        if seal is None and gap is None and not replayed:
+        if closes is None and gap is None and not replayed:
             return _APPEND
-        return Placement(seal, gap, last_id if replayed else None)
+        return Placement(closes, gap, last_id if replayed else None)
 
     def place_run(self, trades: list[Trade], nbytes: int, now_ms: int) -> Placement | None:
         """`place` for trades that arrived together (one socket read), as one append of `nbytes`: the usual
@@ -101,17 +101,17 @@ class Rotator:
                 range(first, first + len(trades))):
             return None
         current = self.current
-        seal = None
+        closes = None
         if current is None or now_ms - current.opened_mono_ms >= self.rotate_ms:
             if nbytes > self.rotate_bytes:
                 return None
-            seal, current = current, self._open(now_ms)
+            closes, current = current, self._open(now_ms)
             self.current = current
         elif current.stats.uncompressed_bytes + nbytes > self.rotate_bytes:
             return None
         self.ids.advance_run(trades[-1].trade_id)
         current.stats.add_run(trades, nbytes)
-        return _APPEND if seal is None else Placement(seal, None)
+        return _APPEND if closes is None else Placement(closes, None)
 
     def expire(self, now_ms: int) -> SpoolFile | None:
         """The open file, detached, if it is due by age; called by the shell's timer."""

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from io import BufferedWriter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -27,6 +27,9 @@ from collector.s3_uploader import S3Uploader, make_client
 from collector.shipper import Shipper
 from collector.spool import Spool
 from collector.ws_client import SymbolStream
+
+if TYPE_CHECKING:
+    from collector.telemetry import Telemetry
 
 log = logging.getLogger("collector")
 
@@ -77,9 +80,9 @@ class RejectLog:
 
 class SymbolSpool:
     """One symbol's side of the spool, and the sink of its stream: trades go into the open file; a full or
-    old file is closed and handed to `seal`. Runs once per message, so it keeps its lookups short."""
+    old file is closed and handed to `on_closed`. Runs once per message, so it keeps its lookups short."""
 
-    def __init__(self, *, rotator: Rotator, spool: Spool, seal: Callable[[SpoolFile], None],
+    def __init__(self, *, rotator: Rotator, spool: Spool, on_closed: Callable[[SpoolFile], None],
                  rejects: RejectLog, fail: Callable[[str], None]) -> None:
         self.symbol = rotator.symbol
         self.rotator = rotator
@@ -88,7 +91,7 @@ class SymbolSpool:
         # Set when the spool failed; from then on trades cannot be kept, so they are at least counted.
         self.broken = False
         self.unwritten = 0
-        self._seal = seal
+        self._on_closed = on_closed
         self._rejects = rejects
         self._fail = fail
         self._place = rotator.place
@@ -98,9 +101,9 @@ class SymbolSpool:
         if self.broken:
             self.unwritten += 1
             return
-        seal, gap, replayed_after = self._place(trade, time.monotonic_ns() // 1_000_000)
+        closes, gap, replayed_after = self._place(trade, time.monotonic_ns() // 1_000_000)
         # One write call is cheaper than two, even with the copy.
-        if not self._append(seal, trade.raw + b"\n"):
+        if not self._append(closes, trade.raw + b"\n"):
             return
         if gap is not None:
             log.warning("%s: trade ids %d..%d missing (%d)", self.symbol, gap.first, gap.last, gap.missing)
@@ -117,14 +120,14 @@ class SymbolSpool:
             for trade in trades:
                 self.on_trade(trade)
             return
-        self._append(placement.seal, lines)
+        self._append(placement.closes, lines)
 
-    def _append(self, seal: SpoolFile | None, lines: bytes) -> bool:
-        """Seal `seal` if any, then append `lines` (trades already counted into the open file's statistics)
+    def _append(self, closes: SpoolFile | None, lines: bytes) -> bool:
+        """Close `closes` if any, then append `lines` (trades already counted into the open file's statistics)
         to the open file; False if the spool failed."""
         # Placing a trade always leaves a file open: `current` is never None here.
-        if seal is not None:
-            self.seal(seal)
+        if closes is not None:
+            self.close_file(closes)
             if self.broken:  # the close failed: the spool is not to be trusted with more
                 self.rotator.current.recount = True  # type: ignore[union-attr]
                 return False
@@ -153,7 +156,7 @@ class SymbolSpool:
     def last_trade_id(self) -> int | None:
         return self.rotator.ids.last_id
 
-    def seal(self, spool_file: SpoolFile) -> None:
+    def close_file(self, spool_file: SpoolFile) -> None:
         """Close the file and hand it on for sealing; whatever reached it is shipped, by us or the next sweep."""
         writer, self.writer = self.writer, None
         if writer is not None:
@@ -162,7 +165,7 @@ class SymbolSpool:
             except OSError as exc:
                 spool_file.recount = True  # the close flushes: some of the counted lines may be missing
                 self._broken(exc)
-        self._seal(spool_file)
+        self._on_closed(spool_file)
 
     def flush(self) -> None:
         if self.writer is not None and not self.broken:
@@ -183,8 +186,9 @@ class SymbolSpool:
 
 
 class Service:
-    def __init__(self, config: Config, *, s3_client: Any = None) -> None:
+    def __init__(self, config: Config, *, s3_client: Any = None, telemetry: Telemetry | None = None) -> None:
         self.config = config
+        self.telemetry = telemetry
         self.spool = Spool(config.spool_dir, bucket=config.bucket, gzip_level=config.gzip_level, clock_ms=wall_ms)
         self._stop_uploads = threading.Event()
         self.shipper = Shipper(
@@ -198,7 +202,7 @@ class Service:
             SymbolSpool(
                 rotator=Rotator(symbol=symbol, instance_id=config.instance_id, rotate_bytes=config.rotate_bytes,
                                 rotate_seconds=config.rotate_seconds, last_stamp_ms=last_stamp),
-                spool=self.spool, seal=self._seal, rejects=rejects, fail=self.fail,
+                spool=self.spool, on_closed=self._file_closed, rejects=rejects, fail=self.fail,
             )
             for symbol in config.symbols
         ]
@@ -225,7 +229,8 @@ class Service:
 
     # sealing
 
-    def _seal(self, spool_file: SpoolFile) -> None:
+    def _file_closed(self, spool_file: SpoolFile) -> None:
+        """Seal it off the event loop, then queue it for S3."""
         task = asyncio.create_task(self._seal_and_queue(spool_file), name=f"seal-{spool_file.part.stem}")
         self._sealing.add(task)
         task.add_done_callback(self._sealing.discard)
@@ -261,6 +266,8 @@ class Service:
             stats.uncompressed_bytes, compressed, stats.trade_id_gaps, stats.malformed_messages,
             (time.perf_counter() - started) * 1000,
         )
+        if self.telemetry is not None:
+            self.telemetry.sealed(spool_file.part.symbol, stats)
         self.shipper.add(sealed)
 
     def _check_clock(self, spool_file: SpoolFile) -> None:
@@ -274,11 +281,11 @@ class Service:
                         "wall clock, so they land in other date/hour partitions; check the time service",
                         skew_ms / 1000, spool_file.part.stem)
 
-    def _seal_all(self) -> None:
+    def _close_all_files(self) -> None:
         for symbol in self.symbols:
             spool_file = symbol.rotator.detach()
             if spool_file is not None:
-                symbol.seal(spool_file)
+                symbol.close_file(spool_file)
 
     # periodic work
 
@@ -305,10 +312,13 @@ class Service:
                 symbol.flush()
                 expired = symbol.rotator.expire(now_ms)
                 if expired is not None:
-                    symbol.seal(expired)
+                    symbol.close_file(expired)
             if loop.time() >= next_disk_check:
                 next_disk_check = loop.time() + DISK_CHECK_SECONDS
                 await self._check_disk(loop.time())
+            # Metrics are stamped, and backlog ages measured from file names, on the wall clock.
+            if self.telemetry is not None and self.telemetry.metrics.due(wall := wall_ms()):
+                await self.telemetry.report(wall, self.shipper)
 
     async def _check_disk(self, now: float) -> None:
         used = await asyncio.to_thread(self.spool.usage_bytes)
@@ -382,7 +392,7 @@ class Service:
             task.cancel()
         # No link may deliver once the last files are sealed.
         await asyncio.gather(*slow, ticker, return_exceptions=True)
-        self._seal_all()
+        self._close_all_files()
         if self._sealing:
             await asyncio.wait(self._sealing)
         if await self.shipper.drain(max(0.0, deadline - loop.time())):
@@ -394,6 +404,8 @@ class Service:
         lost = self.lost_in_files + sum(symbol.unwritten for symbol in self.symbols)
         if lost:
             log.critical("%d trade(s) received could not be written: the spool failed", lost)
+        if self.telemetry is not None:  # the last files' counts
+            await self.telemetry.report(wall_ms(), self.shipper)
         if c.lag_report is not None and self._lag_ms is not None:
             c.lag_report.write_bytes(msgspec.json.encode({"tick_seconds": TICK_SECONDS, "lag_ms": self._lag_ms}))
         return self.exit_status

@@ -30,6 +30,9 @@ class Shipper:
         self.backoff = Backoff(UPLOAD_REQUEUE_FIRST_SECONDS, UPLOAD_REQUEUE_CAP_SECONDS, random.Random())
         self.uploaded = 0
         self.quarantined = 0
+        # Running totals for the metrics: bytes of data and manifests written, files whose attempts all failed.
+        self.uploaded_bytes = 0
+        self.failures = 0
         self._workers: list[asyncio.Task[None]] = []
         self._threads = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="ship")
         # Set when waiting out a backoff is no longer worth it: an upload went through (S3 is back), or
@@ -44,10 +47,11 @@ class Shipper:
         self._workers = [asyncio.create_task(self._work(), name=f"shipper-{n}") for n in range(WORKERS)]
         return self._workers
 
-    def _ship(self, item: Sealed) -> bool:
-        """Blocking; runs on a shipper thread. True when shipped, False when quarantined."""
+    def _ship(self, item: Sealed) -> int | None:
+        """Blocking; runs on a shipper thread. The bytes shipped, or None when the file was quarantined."""
         bucket = self.uploader.bucket
         tried = self.spool.note_attempt(item)
+        size = 0
         try:
             if item.data is not None:
                 size = item.data.stat().st_size
@@ -61,10 +65,11 @@ class Shipper:
             kept = self.spool.quarantine(item)
             self.quarantined += 1
             log.error("%s; %s kept in %s for an operator (%d this run)", exc, item.part.stem, kept, self.quarantined)
-            return False
+            return None
         log.info("uploaded s3://%s/%s%s", bucket, item.part.manifest_key, "" if created else ", already there")
+        size += item.manifest.stat().st_size
         self.spool.remove(item)
-        return True
+        return size
 
     async def _work(self) -> None:
         # Anything but a failed upload (a local file gone, a bug) ends the worker; the service then
@@ -75,6 +80,7 @@ class Shipper:
             try:
                 shipped = await loop.run_in_executor(self._threads, self._ship, entry[2])
             except UploadFailed as exc:
+                self.failures += 1
                 delay = self.backoff.next()
                 log.error("upload failed, kept on disk and retried in %.0f s: %s", delay, exc)
                 self.queue.put_nowait(entry)
@@ -85,8 +91,9 @@ class Shipper:
                     async with asyncio.timeout(delay):
                         await self._retry_now.wait()
                 continue
-            if shipped:
+            if shipped is not None:
                 self.uploaded += 1
+                self.uploaded_bytes += shipped
             self.backoff.reset()
             self._retry_now.set()
             self.queue.task_done()

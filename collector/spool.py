@@ -162,9 +162,9 @@ class Spool:
         source = self.path(part, JSONL)
         if not source.exists():  # the first write of the file already failed
             return None
-        return self._reseal(part, source, carried)
+        return self._seal_recounted(part, source, carried)
 
-    def _reseal(self, part: Part, source: Path, carried: FileStats | None = None) -> Sealed | None:
+    def _seal_recounted(self, part: Part, source: Path, carried: FileStats | None = None) -> Sealed | None:
         stats, ids, kept = FileStats(), IdTracker(), []
         with source.open("rb") as src:
             for line in src:
@@ -226,7 +226,7 @@ class Spool:
             elif JSONL in suffixes:
                 if GZ in suffixes:  # crashed between gzip and manifest: redo from the source
                     self.path(part, GZ).unlink()
-                resealed = self._reseal(part, self.path(part, JSONL))
+                resealed = self._seal_recounted(part, self.path(part, JSONL))
                 if resealed is not None:
                     sealed.append(resealed)
             elif suffixes == {ATTEMPTED}:  # shipped; the crash came before its marker was removed

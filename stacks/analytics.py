@@ -55,7 +55,7 @@ def named_query_sql(name: str, *, symbol: str, day: str) -> str:
 def hive_type(arrow: pa.DataType) -> str:
     if pa.types.is_decimal(arrow):
         return f"decimal({arrow.precision},{arrow.scale})"
-    return {pa.int64(): "bigint", pa.bool_(): "boolean", pa.timestamp("ms"): "timestamp"}[arrow]
+    return {pa.int64(): "bigint", pa.bool_(): "boolean", pa.timestamp("ms"): "timestamp", pa.string(): "string"}[arrow]
 
 
 def _columns(schema: pa.Schema) -> list[glue.CfnTable.ColumnProperty]:

@@ -1,5 +1,6 @@
-"""The one stack: raw bucket + collector fleet, and the single permission that connects them; Athena over the
-bucket for the operator's SQL; the daily job that certifies each day, held by the bucket to its own writes."""
+"""The one stack: raw bucket + collector fleet + what watches them, and the permissions that connect them;
+Athena over the bucket for the operator's SQL; the daily job that certifies each day, held by the bucket to its
+own writes and alarming into the same topic."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from collector.keys import DATA_PREFIX, MANIFEST_PREFIX
 from stacks.analytics import Analytics
 from stacks.daily_job import WRITE_ONCE_PREFIXES, DailyJob
 from stacks.fleet import CollectorFleet
+from stacks.observability import RETENTION, Observability
 from stacks.raw_bucket import RawBucket
 from stacks.settings import Settings
 from userdata import ARCHIVE_PATH, render_user_data
@@ -30,6 +32,11 @@ class CollectorStack(cdk.Stack):
         super().__init__(scope, construct_id, **kwargs)
         self.raw_bucket = RawBucket(self, "RawBucket", destroy_data=settings.destroy_data)
         bucket = self.raw_bucket.bucket
+        # The metrics' namespace and the log group are named after the stack, so two stacks never mix.
+        self.observability = Observability(
+            self, "Observability", log_group_name=f"/tradecollector/{self.stack_name}",
+            retention_days=settings.log_retention_days, namespace=self.stack_name, alarm_email=settings.alarm_email,
+        )
 
         # The collector travels in the template (each instance's AWS::CloudFormation::Init metadata), as it is
         # too big for the user-data; the user-data pins its sha256. Nothing is fetched from S3 or elsewhere.
@@ -50,6 +57,8 @@ class CollectorStack(cdk.Stack):
                 resource=resource,
                 symbols=",".join(settings.symbols),
                 ws_url=settings.ws_url,
+                log_group=self.observability.log_group.log_group_name,
+                namespace=self.observability.namespace,
             )
 
         self.fleet = CollectorFleet(
@@ -83,7 +92,11 @@ class CollectorStack(cdk.Stack):
             )
 
         self.analytics = Analytics(self, "Analytics", bucket=bucket, symbols=settings.symbols)
-        self.daily_job = DailyJob(self, "DailyJob", bucket=bucket, symbols=settings.symbols)
+        self.logs_statement = self.observability.grant_write(self.fleet.role)
+        self.observability.watch(instances=self.fleet.instances, symbols=settings.symbols)
+        self.daily_job = DailyJob(self, "DailyJob", bucket=bucket, symbols=settings.symbols,
+                                  log_retention=RETENTION[settings.log_retention_days],
+                                  alarm_topic=self.observability.topic)
         self.daily_job_denials = self.raw_bucket.hold_job_writes(self.daily_job.role,
                                                                  write_once_prefixes=WRITE_ONCE_PREFIXES)
 
@@ -99,3 +112,7 @@ class CollectorStack(cdk.Stack):
                       description="the daily job (invoke with {\"symbol\": ..., \"date\": ...} to re-run a day)")
         cdk.CfnOutput(self, "AthenaWorkGroup", value=self.analytics.workgroup.ref,
                       description="Athena workgroup (and Glue database) for SQL over the trades")
+        cdk.CfnOutput(self, "LogGroupName", value=self.observability.log_group.log_group_name,
+                      description="the collectors' logs and boot logs, one stream per instance id")
+        cdk.CfnOutput(self, "AlarmTopicArn", value=self.observability.topic.topic_arn,
+                      description="subscribe here to be alerted (or deploy with -c alarmEmail=...)")

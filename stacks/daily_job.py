@@ -45,22 +45,21 @@ MEMORY_MB = 1769
 TIMEOUT = cdk.Duration.minutes(15)
 # Every hour at minute 10 (UTC): the first attempt is 00:10, once the replicas have shipped the day's last files.
 SCHEDULE_MINUTE = "10"
-LOG_RETENTION = logs.RetentionDays.ONE_MONTH
 READ_PREFIXES = (DATA_PREFIX, MANIFEST_PREFIX, BACKFILL_PREFIX, CURATED_PREFIX)
 WRITE_PREFIXES = (BACKFILL_PREFIX, CURATED_PREFIX)
 WRITE_ONCE_PREFIXES = (BACKFILL_PREFIX,)  # curated/ holds the manifest that compact rewrites by design
 
 
 class DailyJob(Construct):
-    """`function`, `role`, `log_group`, `schedules` and `alarms` (by symbol). `alarm_topic`, when given,
-    is told when an alarm fires."""
+    """`function`, `role`, `log_group`, `schedules` and `alarms` (by symbol). `alarm_topic`, when given, is told
+    when an alarm fires and when it clears; the alarms are named `<stack name>-<symbol>-daily-not-certified`."""
 
     def __init__(self, scope: Construct, construct_id: str, *, bucket: s3.IBucket, symbols: Sequence[str],
-                 alarm_topic: sns.ITopic | None = None) -> None:
+                 log_retention: logs.RetentionDays, alarm_topic: sns.ITopic | None = None) -> None:
         super().__init__(scope, construct_id)
         stack = cdk.Stack.of(self)
         self.metrics_namespace = f"{stack.stack_name}/DailyJob"
-        self.log_group = logs.LogGroup(self, "Logs", retention=LOG_RETENTION,
+        self.log_group = logs.LogGroup(self, "Logs", retention=log_retention,
                                        removal_policy=cdk.RemovalPolicy.DESTROY)
         self.role = iam.Role(self, "Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
                              description="The daily job: reads the bucket, writes backfill/ and curated/")
@@ -114,14 +113,19 @@ class DailyJob(Construct):
                                         dimensions_map={daily.SYMBOL_DIMENSION: symbol}, statistic="Maximum",
                                         period=cdk.Duration.hours(1))
             alarm = overdue.create_alarm(
-                self, f"NotCertified-{symbol}", threshold=1, evaluation_periods=1,
+                self, f"NotCertified-{symbol}", alarm_name=f"{stack.stack_name}-{symbol}-daily-not-certified",
+                threshold=1, evaluation_periods=1,
                 comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
                 # No data means the job did not run (or did not get as far as saying so): as bad as a failed day.
                 treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
                 alarm_description=f"Yesterday's {symbol} trades are not certified by 03:00 UTC, or the daily job "
-                "does not run: see its log group and `python -m audit daily`")
+                "does not run. Look first at the job's log group: each run's last line names the holes left (and "
+                "whether Binance stopped the backfill: a ban, HTTP 451 for the region) or the ids nothing "
+                "corroborates; no line at all means the schedule or the function. Then `python -m audit daily` "
+                "finishes the day by hand.")
             if alarm_topic is not None:
                 alarm.add_alarm_action(cloudwatch_actions.SnsAction(alarm_topic))
+                alarm.add_ok_action(cloudwatch_actions.SnsAction(alarm_topic))
             self.alarms[symbol] = alarm
 
         cdk.Validations.of(self.function).acknowledge(cdk.Acknowledgment(

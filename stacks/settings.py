@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from constructs import Node
 
 from collector import config
+from stacks.observability import RETENTION
 
 # Context key per setting; cdk.json must define every one, so the defaults live in exactly one place.
 SYMBOLS = "symbols"
@@ -17,7 +18,10 @@ INSTANCE_TYPE = "instanceType"
 WS_URL = "binanceWsUrl"
 DESTROY_DATA = "destroyData"
 SSM_ACCESS = "ssmAccess"
-CONTEXT_KEYS = (SYMBOLS, INSTANCE_COUNT, INSTANCE_TYPE, WS_URL, DESTROY_DATA, SSM_ACCESS)
+LOG_RETENTION_DAYS = "logRetentionDays"
+ALARM_EMAIL = "alarmEmail"
+CONTEXT_KEYS = (SYMBOLS, INSTANCE_COUNT, INSTANCE_TYPE, WS_URL, DESTROY_DATA, SSM_ACCESS, LOG_RETENTION_DAYS,
+                ALARM_EMAIL)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -28,6 +32,8 @@ class Settings:
     ws_url: str
     destroy_data: bool
     ssm_access: bool
+    log_retention_days: int
+    alarm_email: str | None
 
     @property
     def ws_port(self) -> int:
@@ -62,6 +68,8 @@ class Settings:
             ws_url=collector.ws_url,
             destroy_data=_flag(DESTROY_DATA, values[DESTROY_DATA]),
             ssm_access=_flag(SSM_ACCESS, values[SSM_ACCESS]),
+            log_retention_days=_retention(values[LOG_RETENTION_DAYS]),
+            alarm_email=_email(values[ALARM_EMAIL]),
         )
 
 
@@ -71,6 +79,23 @@ def _count(value: object) -> int:
     if not text.isdigit() or int(text) < 1:
         raise ValueError(f"context {INSTANCE_COUNT!r} must be a positive integer, not {value!r}")
     return int(text)
+
+
+def _retention(value: object) -> int:
+    text = str(value)
+    if not text.isdigit() or int(text) not in RETENTION:
+        raise ValueError(f"context {LOG_RETENTION_DAYS!r} must be one of CloudWatch Logs' retention periods "
+                         f"({', '.join(map(str, RETENTION))} days), not {value!r}")
+    return int(text)
+
+
+def _email(value: object) -> str | None:
+    text = str(value).strip()
+    if not text:
+        return None
+    if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", text):
+        raise ValueError(f"context {ALARM_EMAIL!r} must be an e-mail address or empty, not {value!r}")
+    return text
 
 
 def _flag(key: str, value: object) -> bool:

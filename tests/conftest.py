@@ -117,11 +117,12 @@ def start_collector(tmp_path: Path, spool_dir: Path, s3: LocalS3) -> Iterator[Ca
     started: list[Collector] = []
 
     def start(*, ws_url: str, endpoint: str | None = None, preexec_fn: Callable[[], None] | None = None,
-              **settings: Any) -> Collector:
+              aws_env: dict[str, str] | None = None, **settings: Any) -> Collector:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("COLLECTOR_", "AWS_"))}
         env.update(s3.env())
         if endpoint is not None:
             env["AWS_ENDPOINT_URL_S3"] = endpoint
+        env.update(aws_env or {})
         env.update({"COLLECTOR_BUCKET": BUCKET, "COLLECTOR_WS_URL": ws_url, "COLLECTOR_SPOOL_DIR": str(spool_dir),
                     "COLLECTOR_INSTANCE_ID": "test-1", "COLLECTOR_ROTATE_SECONDS": "1", ALLOW_INSECURE_WS_ENV: "1"})
         env.update({"COLLECTOR_" + k.upper(): str(v) for k, v in settings.items()})
@@ -133,6 +134,13 @@ def start_collector(tmp_path: Path, spool_dir: Path, s3: LocalS3) -> Iterator[Ca
     for collector in started:
         if collector.proc.poll() is None:
             collector.kill()
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
 def unshipped(spool_dir: Path) -> list[str]:

@@ -4,10 +4,12 @@ corruption and a disagreement; backfill from the local REST stub; compaction che
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import jsonschema
 import msgspec
+import pyarrow.parquet as pq
 import pytest
 from isal import igzip
 
@@ -203,6 +206,10 @@ def test_backfill_then_compact_make_the_ground_truth_day(day, s3_server) -> None
     listed = client.list_objects_v2(Bucket=bucket, Prefix="curated/")["Contents"]
     tables = [table["key"] for table in doc["tables"].values()]
     assert sorted(o["Key"] for o in listed) == sorted([curated.data_key, curated.manifest_key, *tables])
+    # The Parquet day says, trade by trade, what the certificate counts.
+    trades = client.get_object(Bucket=bucket, Key=doc["tables"]["trades"]["key"])["Body"].read()
+    vouched = pq.read_table(io.BytesIO(trades), columns=["corroboration"]).column(0).to_pylist()
+    assert Counter(vouched) == {how: n for how, n in counts.items() if n}
 
 
 def test_an_open_start_is_walked_back_and_then_bracketed_from_the_command_line(s3_server) -> None:

@@ -11,16 +11,9 @@ import pytest
 import userdata
 from collector.connect_budget import startup_seconds
 from sandbox.feed import FeedThread
-from tests.conftest import landed
+from tests.conftest import landed, wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def most_in_window(times: list[float], window: float) -> int:

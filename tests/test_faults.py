@@ -7,17 +7,10 @@ import time
 import pytest
 
 from sandbox.verify import Landing, check_bucket
-from tests.conftest import BUCKET, landed, on_both_s3_servers, unshipped
+from tests.conftest import BUCKET, landed, on_both_s3_servers, unshipped, wait_until
 from tests.s3_faults import S3Faults
 
 pytestmark = pytest.mark.e2e
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def free_port() -> int:

@@ -45,12 +45,14 @@ from sandbox.replicas import Run, write
 from stacks.application import STACK_NAME, create_app
 from tests.cdk_support import cdk_context
 from tests.conftest import BUCKET, Collector, landed, unshipped
-from tests.rehearsal_support import ACCOUNT, REGION, MotoServer, resolve, trust_also
+from tests.rehearsal_support import ACCOUNT, REGION, MotoServer, as_moto_authorizes, resolve, trust_also
 from tests.s3_faults import S3Faults
 
 pytestmark = [pytest.mark.e2e, pytest.mark.rehearsal]
 
 OTHER_BUCKET = "someone-elses-bucket"
+LOG_GROUP = f"/tradecollector/{STACK_NAME}"
+OTHER_LOG_GROUP = "/someone/elses"
 STACK_ID = f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/{STACK_NAME}/{uuid.UUID(int=1)}"
 STACK_ENDPOINT = "vpce-0collectors"  # the stack's S3 gateway endpoint, which the instances' requests go through
 
@@ -69,12 +71,17 @@ def _references(template: dict[str, Any]) -> tuple[dict[str, Any], dict[tuple[st
     (bucket_id,) = (k for k, r in resources.items() if r["Type"] == "AWS::S3::Bucket")
     (endpoint_id,) = (k for k, r in resources.items() if r["Type"] == "AWS::EC2::VPCEndpoint")
     roles = [k for k, r in resources.items() if r["Type"] == "AWS::IAM::Role"]
-    (log_group_id,) = (k for k, r in resources.items() if r["Type"] == "AWS::Logs::LogGroup")
+    (group_id,) = (k for k, r in resources.items() if r["Type"] == "AWS::Logs::LogGroup"
+                   and k.startswith("Observability"))
+    (job_group_id,) = (k for k, r in resources.items() if r["Type"] == "AWS::Logs::LogGroup"
+                       and k.startswith("DailyJob"))
     refs = {"AWS::StackId": STACK_ID, "AWS::StackName": STACK_NAME, "AWS::Region": REGION,
             "AWS::AccountId": ACCOUNT, "AWS::Partition": "aws", "AWS::URLSuffix": "amazonaws.com", bucket_id: BUCKET,
-            endpoint_id: STACK_ENDPOINT}
+            endpoint_id: STACK_ENDPOINT, group_id: LOG_GROUP}
+    # A log group's Arn attribute on AWS ends in `:*` (its streams).
     attributes = {(bucket_id, "Arn"): f"arn:aws:s3:::{BUCKET}",
-                  (log_group_id, "Arn"): f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{log_group_id}:*",
+                  (group_id, "Arn"): f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{LOG_GROUP}:*",
+                  (job_group_id, "Arn"): f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{job_group_id}:*",
                   **{(role_id, "Arn"): f"arn:aws:iam::{ACCOUNT}:role/{role_id}" for role_id in roles}}
     return refs, attributes
 
@@ -177,11 +184,13 @@ def enforced(instance_role: InstanceRole, tmp_path_factory: pytest.TempPathFacto
         s3 = server.client("s3")
         for bucket in (BUCKET, OTHER_BUCKET):
             s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
+        for group in (LOG_GROUP, OTHER_LOG_GROUP):
+            server.client("logs").create_log_group(logGroupName=group)
         # The template's trust names only the EC2 service; the admin may assume the role too (rehearsal_support).
         trust = trust_also(instance_role.trust, admin_arn)
         role = iam.create_role(RoleName=instance_role.name, AssumeRolePolicyDocument=json.dumps(trust))["Role"]
         iam.put_role_policy(RoleName=instance_role.name, PolicyName="FromTheTemplate", PolicyDocument=json.dumps(
-            {"Version": "2012-10-17", "Statement": instance_role.statements}))
+            {"Version": "2012-10-17", "Statement": as_moto_authorizes(instance_role.statements)}))
         for arn in instance_role.managed_policy_arns:
             iam.attach_role_policy(RoleName=instance_role.name, PolicyArn=arn)
 
@@ -207,7 +216,8 @@ def test_collector_delivers_everything_with_only_the_roles_permissions(
     env.update(enforced.server.env(enforced.role))
     env.update({"COLLECTOR_BUCKET": BUCKET, "COLLECTOR_WS_URL": feed.feed.url, "COLLECTOR_SYMBOLS": "BTCUSDT,ETHUSDT",
                 "COLLECTOR_SPOOL_DIR": str(tmp_path / "spool"), "COLLECTOR_INSTANCE_ID": "i-0leastprivilege",
-                "COLLECTOR_ROTATE_SECONDS": "1", ALLOW_INSECURE_WS_ENV: "1"})
+                "COLLECTOR_ROTATE_SECONDS": "1", ALLOW_INSECURE_WS_ENV: "1", "COLLECTOR_LOG_GROUP": LOG_GROUP,
+                "COLLECTOR_METRICS_INTERVAL": "1"})
     with S3Faults(enforced.server.endpoint) as recorder:  # passes everything on, keeps the PUTs' headers
         env["AWS_ENDPOINT_URL_S3"] = recorder.url
         collector = Collector(env, tmp_path / "collector.log")
@@ -220,6 +230,10 @@ def test_collector_delivers_everything_with_only_the_roles_permissions(
     log = collector.log
     assert "AccessDenied" not in log and "retrying" not in log, log
     assert "stopped: everything shipped" in log
+    assert "CloudWatch Logs" not in log, "log lines and metrics went out with the role's permissions"
+    events = enforced.server.client("logs", enforced.admin).get_log_events(
+        logGroupName=LOG_GROUP, logStreamName="i-0leastprivilege", startFromHead=True)["events"]
+    assert any(e["message"].startswith('{"_aws"') for e in events) and any("rotated" in e["message"] for e in events)
     assert unshipped(tmp_path / "spool") == []
     # Read back with the admin's credentials: the role itself may not read.
     landing = landed(types.SimpleNamespace(client=lambda: enforced.s3(enforced.admin)), feed,
@@ -280,6 +294,31 @@ def test_everything_else_is_refused(enforced: Enforced, operation: str, kwargs: 
             admin.head_object(Bucket=kwargs["Bucket"], Key=kwargs["Key"])
     for key in (existing, f"{MANIFEST_PREFIX}probe/control.json"):
         admin.delete_object(Bucket=BUCKET, Key=key)
+
+
+# Writing to another group is refused on AWS by the statement's resource, which moto does not check outside S3
+# (rehearsal_support.py); test_observability.py asserts it on the template. Every other action is refused here.
+@pytest.mark.parametrize(("operation", "kwargs"), [
+    ("create_log_group", {"logGroupName": "/tradecollector/another"}),
+    ("delete_log_group", {"logGroupName": LOG_GROUP}),
+    ("get_log_events", {"logGroupName": LOG_GROUP, "logStreamName": "i-x"}),
+    ("put_retention_policy", {"logGroupName": LOG_GROUP, "retentionInDays": 1}),
+])
+def test_in_cloudwatch_logs_the_role_may_only_create_streams_and_put_events(
+        enforced: Enforced, operation: str, kwargs: dict[str, Any]) -> None:
+    admin = enforced.server.client("logs", enforced.admin)
+    role = enforced.server.client("logs", enforced.role)
+    # Control: the same credentials do write to the stack's group.
+    stream = f"i-control-{operation}"
+    role.create_log_stream(logGroupName=LOG_GROUP, logStreamName=stream)
+    role.put_log_events(logGroupName=LOG_GROUP, logStreamName=stream, logEvents=[{"timestamp": 0, "message": "x"}])
+    with pytest.raises(ClientError) as refused:
+        getattr(role, operation)(**kwargs)
+    # moto answers this JSON API with an XML error, so botocore reports the HTTP status as the code.
+    assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert f"is not authorized to perform: logs:{refused.value.operation_name}" in str(refused.value)
+    assert [g["logGroupName"] for g in admin.describe_log_groups()["logGroups"]] == sorted([LOG_GROUP, OTHER_LOG_GROUP])
+    admin.delete_log_stream(logGroupName=LOG_GROUP, logStreamName=stream)
 
 
 def _as_list(value: Any) -> list[Any]:

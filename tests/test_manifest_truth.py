@@ -89,7 +89,7 @@ def test_a_full_disk_mid_file_leaves_a_manifest_that_counts_only_what_reached_th
         symbol.on_trades([trade(n) for n in range(101, 201)])  # buffered: the disk is full at the flush
         symbol.flush()
         symbol.on_trade(trade(201))  # after the failure: counted as lost, never placed
-        service._seal_all()
+        service._close_all_files()
         await asyncio.wait(service._sealing)
 
     asyncio.run(run())
@@ -112,7 +112,7 @@ def test_a_close_that_fails_at_shutdown_still_seals_every_symbol_from_what_is_on
         btc.on_trades([trade(n) for n in range(1, 11)])  # buffered; the close will fail
         eth_trade = parse_message(TRADE.replace(b'"BTCUSDT"', b'"ETHUSDT"'), text=True, symbol="ETHUSDT")
         eth.on_trade(eth_trade)
-        service._seal_all()  # must not raise: ETHUSDT is sealed all the same
+        service._close_all_files()  # must not raise: ETHUSDT is sealed all the same
         await asyncio.wait(service._sealing)
 
     asyncio.run(run())
@@ -156,7 +156,7 @@ def test_a_wall_clock_far_from_binance_s_event_times_is_logged_once(tmp_path, ca
     async def run() -> None:
         for n in (1, 2):  # TRADE's event time is a year before this test's wall clock
             symbol.on_trade(trade(n))
-            service._seal_all()
+            service._close_all_files()
             await asyncio.wait(service._sealing)
 
     asyncio.run(run())
@@ -180,7 +180,7 @@ def shipper(tmp_path, s3):
 def test_a_412_on_a_key_we_never_tried_quarantines_the_file_and_never_deletes_it(shipper, s3):
     item = _sealed(shipper.spool.dir, shipper.spool, 7)
     s3.client().put_object(Bucket=BUCKET, Key=item.part.data_key, Body=b"someone else's bytes")
-    assert shipper._ship(item) is False
+    assert shipper._ship(item) is None
     kept = shipper.spool.dir / QUARANTINE_DIR
     assert sorted(p.name for p in kept.iterdir()) == sorted(
         [item.part.stem + GZ, item.part.stem + MANIFEST, item.part.stem + ATTEMPTED])
@@ -194,7 +194,7 @@ def test_a_412_after_an_attempt_of_ours_counts_as_already_there(shipper, s3):
     item = _sealed(shipper.spool.dir, shipper.spool, 8)
     shipper.spool.note_attempt(item)  # a previous run started this upload; its answer was lost
     s3.client().put_object(Bucket=BUCKET, Key=item.part.data_key, Body=item.data.read_bytes())
-    assert shipper._ship(item) is True
+    assert shipper._ship(item) is not None
     assert sorted(p.name for p in shipper.spool.dir.iterdir()) == [STAMP_FILE]
 
 

@@ -37,8 +37,8 @@ def test_valid_trades_come_out_byte_identical_and_counts_add_up(frames, rotate_b
         if isinstance(parsed, Trade):
             expected.append(data)
             placement = rotator.place(parsed, now)
-            if placement.seal is not None:
-                sealed.append(placement.seal)
+            if placement.closes is not None:
+                sealed.append(placement.closes)
             files.setdefault(rotator.current.part.stem, bytearray()).extend(parsed.raw + b"\n")
             ids.setdefault(rotator.current.part.stem, []).append(parsed.trade_id)
         else:
@@ -92,16 +92,16 @@ def test_placing_a_read_at_once_makes_the_same_files_as_trade_by_trade(batches, 
             trades.append(parse_message(raw, text=True, symbol=SYMBOL))
         for trade in trades:
             placement = one.place(trade, now)
-            if placement.seal is not None:
-                sealed_one.append(placement.seal)
+            if placement.closes is not None:
+                sealed_one.append(placement.closes)
         placement = run.place_run(trades, sum(len(t.raw) + 1 for t in trades), now)
         if placement is None:
             for trade in trades:
                 placement = run.place(trade, now)
-                if placement.seal is not None:
-                    sealed_run.append(placement.seal)
-        elif placement.seal is not None:
-            sealed_run.append(placement.seal)
+                if placement.closes is not None:
+                    sealed_run.append(placement.closes)
+        elif placement.closes is not None:
+            sealed_run.append(placement.closes)
     for rotator, sealed in ((one, sealed_one), (run, sealed_run)):
         if rotator.current is not None:
             sealed.append(rotator.detach())

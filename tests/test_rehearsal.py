@@ -34,11 +34,14 @@ from tests.rehearsal_support import (
     ACCOUNT,
     CDK_CLI,
     DEPLOY_METHOD,
+    NOT_DELETED_BY_MOTO,
     REGION,
     CustomResourceResponder,
     MotoServer,
     cli_env,
     deployed_template,
+    get_att_log_group_arn,
+    kms_key_arns,
     remove_daily_job_leftovers,
     remove_network_leftovers,
     run_cli,
@@ -117,7 +120,7 @@ def test_bucket_exists_encrypted_with_sse_s3(deployment: Deployment) -> None:
     # (rehearsal_support.py); test_stack.py asserts them on the template.
 
 
-def test_role_holds_the_single_put_object_statement_and_nothing_else_in_s3(deployment: Deployment) -> None:
+def test_role_holds_the_single_put_object_statement_the_log_statement_and_nothing_else(deployment: Deployment) -> None:
     iam = deployment.client("iam")
     role_name = deployment.outputs["InstanceRoleArn"].rsplit("/", 1)[1]
     role = iam.get_role(RoleName=role_name)["Role"]
@@ -134,8 +137,14 @@ def test_role_holds_the_single_put_object_statement_and_nothing_else_in_s3(deplo
         "Resource": [f"{bucket_arn}/{MANIFEST_PREFIX}*", f"{bucket_arn}/{DATA_PREFIX}*"],
     }]
     (stack,) = deployment.client("cloudformation").describe_stacks(StackName=STACK_NAME)["Stacks"]
+    (group,) = deployment.client("logs").describe_log_groups(
+        logGroupNamePrefix=deployment.outputs["LogGroupName"])["logGroups"]
+    logs_statements = [s for s in statements if s.get("Sid") == "WriteCollectorLogs"]
+    assert logs_statements == [{"Sid": "WriteCollectorLogs", "Effect": "Allow",
+                                "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+                                "Resource": get_att_log_group_arn(group["arn"])}]
     for statement in statements:
-        if statement not in s3_statements:  # cfn-init and cfn-signal, on this stack only
+        if statement not in s3_statements + logs_statements:  # cfn-init and cfn-signal, on this stack only
             assert set(_as_list(statement["Action"])) <= {"cloudformation:DescribeStackResource",
                                                           "cloudformation:SignalResource"}
             assert statement["Resource"] == stack["StackId"]
@@ -179,6 +188,26 @@ def test_instances_run_the_image_type_profile_and_imds_options_the_stack_asks_fo
     assert sg["IpPermissions"] == []
 
 
+def test_log_group_key_topic_and_dashboard_are_deployed(deployment: Deployment) -> None:
+    # The stack's one key (its rotation and policy: test_observability.py).
+    (key_id,) = (r["PhysicalResourceId"] for r in deployment.resources if r.get("ResourceType") == "AWS::KMS::Key")
+    (key_arn,) = (arn for arn in kms_key_arns(deployment.server) if arn.endswith(f":key/{key_id}"))
+    (group,) = deployment.client("logs").describe_log_groups(
+        logGroupNamePrefix=deployment.outputs["LogGroupName"])["logGroups"]
+    assert (group["logGroupName"], group["retentionInDays"]) == (
+        f"/tradecollector/{STACK_NAME}", int(CONTEXT["logRetentionDays"]))
+    assert "kmsKeyId" not in group, "moto now applies the group's key: assert it here (rehearsal_support.py)"
+    sns = deployment.client("sns")
+    attributes = sns.get_topic_attributes(TopicArn=deployment.outputs["AlarmTopicArn"])["Attributes"]
+    assert attributes["KmsMasterKeyId"] == key_arn
+    assert sns.list_subscriptions_by_topic(TopicArn=deployment.outputs["AlarmTopicArn"])["Subscriptions"] == []
+    instance_ids = set(deployment.outputs["InstanceIds"].split(","))
+    # The alarms: moto does not model them (rehearsal_support.py); test_observability.py asserts the template's.
+    (dashboard,) = deployment.client("cloudwatch").list_dashboards(DashboardNamePrefix=STACK_NAME)["DashboardEntries"]
+    body = deployment.client("cloudwatch").get_dashboard(DashboardName=dashboard["DashboardName"])["DashboardBody"]
+    assert all(instance_id in body for instance_id in instance_ids)
+
+
 def test_user_data_and_init_metadata_carry_the_current_collector(deployment: Deployment) -> None:
     archive = collector_archive()
     digest = hashlib.sha256(archive).hexdigest()
@@ -218,6 +247,7 @@ def test_deployed_boot_script_runs_in_a_throwaway_root(deployment: Deployment, t
     _stub(bin_dir / "sleep", calls)
     _stub(bin_dir / "curl", calls, 'case "$*" in *api/token*) echo token;; *) echo i-0rehearsal000001;; esac\n')
     _stub(bin_dir / "systemctl", calls, 'case "$1" in show) echo 0;; esac\n')
+    _stub(bin_dir / "aws", calls)  # the boot log's shipping (test_userdata.py checks what it sends)
     # `python3.11 -m venv DIR` makes DIR/bin/python this interpreter and DIR/bin/pip a stub.
     venv_python = tmp_path / "venv-python"
     venv_python.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
@@ -248,7 +278,8 @@ def test_deployed_boot_script_runs_in_a_throwaway_root(deployment: Deployment, t
     env = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
     assert env == {"COLLECTOR_BUCKET": deployment.outputs["BucketName"], "COLLECTOR_SYMBOLS": CONTEXT["symbols"],
                    "COLLECTOR_WS_URL": CONTEXT["binanceWsUrl"], "AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION,
-                   "COLLECTOR_INSTANCE_ID": "i-0rehearsal000001"}
+                   "COLLECTOR_LOG_GROUP": deployment.outputs["LogGroupName"],
+                   "COLLECTOR_METRICS_NAMESPACE": STACK_NAME, "COLLECTOR_INSTANCE_ID": "i-0rehearsal000001"}
     python, *args = settings["ExecStart"].split()
     assert args == ["-m", "collector"]
     app_dir = Path(settings["WorkingDirectory"])
@@ -319,7 +350,8 @@ def test_destroy_removes_everything_but_the_retained_bucket(deployment: Deployme
     assert s3.get_object(Bucket=bucket, Key=f"{DATA_PREFIX}kept.jsonl.gz")["Body"].read() == b"data"
     left = [f"{r['ResourceType']} {r['LogicalResourceId']} ({r['PhysicalResourceId']})"
             for r in deployment.resources
-            if r.get("ResourceType", "unmodelled") not in _GONE_WITH_THEIR_PARENT and _exists(deployment, r)]
+            if r.get("ResourceType", "unmodelled") not in _GONE_WITH_THEIR_PARENT | NOT_DELETED_BY_MOTO
+            and _exists(deployment, r)]
     assert left == [f"AWS::S3::Bucket {_logical_id(deployment, 'AWS::S3::Bucket')} ({bucket})"], left
 
 
@@ -418,8 +450,11 @@ def _exists(deployment: Deployment, resource: dict[str, Any]) -> bool:
         "AWS::Lambda::Function": lambda: [deployment.client("lambda").get_function(FunctionName=physical)],
         "AWS::Logs::LogGroup": lambda: [g for g in deployment.client("logs").describe_log_groups(
             logGroupNamePrefix=physical)["logGroups"] if g["logGroupName"] == physical],
+        "AWS::SNS::Topic": lambda: [deployment.client("sns").get_topic_attributes(TopicArn=physical)],
         "AWS::CloudWatch::Alarm": lambda: deployment.client("cloudwatch").describe_alarms(
             AlarmNames=[physical])["MetricAlarms"],
+        "AWS::CloudWatch::Dashboard": lambda: deployment.client("cloudwatch").list_dashboards(
+            DashboardNamePrefix=physical)["DashboardEntries"],
     }
     if kind not in describe:
         raise AssertionError(f"the rehearsal does not know how to look for a {kind}: teach _exists()")

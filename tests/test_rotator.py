@@ -16,8 +16,8 @@ def test_size_rotation_keeps_every_file_under_the_limit():
     sealed = []
     for n in range(25):  # 101 bytes a line: 9 lines fit in 1000 bytes, the 10th would not
         placement = rot.place(trade(n), now_ms=0)
-        if placement.seal:
-            sealed.append(placement.seal)
+        if placement.closes:
+            sealed.append(placement.closes)
     assert [f.stats.record_count for f in sealed] == [9, 9]
     assert all(f.stats.uncompressed_bytes <= 1000 for f in sealed)
     assert rot.current is not None and rot.current.stats.record_count == 7
@@ -36,7 +36,7 @@ def test_an_old_file_is_sealed_before_the_next_trade_even_without_a_tick():
     rot = rotator(rotate_seconds=5)
     rot.place(trade(1), now_ms=0)
     placement = rot.place(trade(2), now_ms=5_000)
-    assert placement.seal is not None and placement.seal.stats.last_trade_id == 1
+    assert placement.closes is not None and placement.closes.stats.last_trade_id == 1
     assert rot.current.stats.first_trade_id == 2
 
 
@@ -75,7 +75,7 @@ def test_a_trade_id_that_goes_back_starts_a_new_file():
     rot = rotator(rotate_bytes=10_000)
     placements = [rot.place(trade(n), now_ms=0) for n in (7, 8, 9, 8, 9, 10, 10, 3)]
     assert [p.replayed_after for p in placements] == [None, None, None, 9, None, None, 10, 10]
-    seals = [p.seal for p in placements]
+    seals = [p.closes for p in placements]
     assert [s.stats.first_trade_id if s else None for s in seals] == [None, None, None, 7, None, None, 8, 10]
     sealed = [s for s in seals if s] + [rot.detach()]
     assert [(f.stats.first_trade_id, f.stats.last_trade_id, f.stats.record_count) for f in sealed] == [

@@ -182,8 +182,10 @@ def test_destroy_data_flag_opts_into_deleting_the_bucket(opt_in_template: Templa
 # --- IAM ----------------------------------------------------------------------------------------------------
 
 
-def test_role_may_only_put_objects_and_read_and_signal_this_stack(template_json: dict[str, Any]) -> None:
-    """Besides the PutObject statement, only what cfn-init and cfn-signal need, on this stack and nothing else."""
+def test_role_may_only_put_objects_write_its_logs_and_read_and_signal_this_stack(
+        template_json: dict[str, Any]) -> None:
+    """Besides the PutObject statement and the log group's (test_observability.py), only what cfn-init and
+    cfn-signal need, on this stack and nothing else."""
     (profile,) = _resources(template_json, "AWS::IAM::InstanceProfile").values()
     (instance_role,) = profile["Properties"]["Roles"]
     role = template_json["Resources"][instance_role["Ref"]]["Properties"]
@@ -193,8 +195,8 @@ def test_role_may_only_put_objects_and_read_and_signal_this_stack(template_json:
         if instance_role in policy["Properties"]["Roles"]
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]
     ]
-    assert len(statements) == 2, statements
-    (cloudformation,) = [s for s in statements if s.get("Sid") != "PutCollectedObjects"]
+    assert len(statements) == 3, statements
+    (cloudformation,) = [s for s in statements if s.get("Sid") not in ("PutCollectedObjects", "WriteCollectorLogs")]
     assert cloudformation == {
         "Action": ["cloudformation:DescribeStackResource", "cloudformation:SignalResource"],
         "Effect": "Allow",
@@ -350,7 +352,7 @@ def test_glue_tables_find_every_partition_by_projection_in_the_key_layout(templa
     trade_columns = {c["Name"]: c["Type"] for c in tables["trades"]["StorageDescriptor"]["Columns"]}
     assert trade_columns == {"trade_id": "bigint", "price": "decimal(20,8)", "quantity": "decimal(20,8)",
                              "quote_quantity": "decimal(38,16)", "trade_time": "timestamp",
-                             "event_time": "timestamp", "buyer_is_maker": "boolean"}
+                             "event_time": "timestamp", "buyer_is_maker": "boolean", "corroboration": "string"}
 
 
 def test_the_workgroup_enforces_encrypted_expiring_results_and_a_scan_cutoff(template_json: dict[str, Any]) -> None:
@@ -393,7 +395,9 @@ def _init_metadata(template_json: dict[str, Any]) -> dict[str, Any]:
 
 
 # Longest values CloudFormation can substitute: bucket names have at most 63 characters, stack names 128.
-_WORST_CASE_REFS = {BUCKET: "b" * 63, "AWS::Region": "ap-southeast-5x", "AWS::StackName": "s" * 128}
+LOG_GROUP = "ObservabilityLogGroup43951639"
+_WORST_CASE_REFS = {BUCKET: "b" * 63, "AWS::Region": "ap-southeast-5x", "AWS::StackName": "s" * 128,
+                    LOG_GROUP: LOG_GROUP}
 
 
 def _resolved_user_data(user_data: dict[str, Any], refs: dict[str, str] | None = None) -> str:
@@ -422,7 +426,7 @@ def test_instances_differ_only_in_the_logical_id_their_script_reads_and_signals(
         assert f"--stack '{'s' * 128}' --resource '{name}' --region 'ap-southeast-5x'" in script
         assert script == userdata.render_user_data(
             archive=collector_archive(), bucket="b" * 63, region="ap-southeast-5x", stack="s" * 128, resource=name,
-            symbols="BTCUSDT", ws_url=BINANCE_WS_URL,
+            symbols="BTCUSDT", ws_url=BINANCE_WS_URL, log_group=LOG_GROUP, namespace=STACK_NAME,
         )
     assert len({json.dumps(init, sort_keys=True) for init in _init_metadata(template_json).values()}) == 1
 
@@ -563,6 +567,8 @@ def test_cdk_json_holds_every_context_default_and_keeps_the_cli_offline() -> Non
     ({"instanceCount": "three"}, "instanceCount"),
     ({"destroyData": "yes"}, "destroyData"),
     ({"ssmAccess": None}, "ssmAccess"),
+    ({"logRetentionDays": "31"}, "logRetentionDays"),
+    ({"alarmEmail": "not an address"}, "alarmEmail"),
 ])
 def test_bad_context_fails_at_synth_naming_the_key(overrides: dict[str, Any], message: str) -> None:
     app = cdk.App(context=cdk_context(**overrides))
@@ -674,8 +680,8 @@ def test_each_symbol_is_scheduled_every_hour_from_00_10_utc(tmp_path: Path) -> N
         assert props["FlexibleTimeWindow"] == {"Mode": "OFF"} and props["State"] == "ENABLED"
         assert props["Target"]["Arn"] == {"Fn::GetAtt": [function, "Arn"]}
         assert props["Target"]["RetryPolicy"] == {"MaximumEventAgeInSeconds": 1800, "MaximumRetryAttempts": 2}
-    alarms = _resources(template_json, "AWS::CloudWatch::Alarm")
-    assert sorted(d["Value"] for a in alarms.values() for d in a["Properties"]["Dimensions"]) == ["BTCUSDT", "ETHUSDT"]
+    alarms = [a for n, a in _resources(template_json, "AWS::CloudWatch::Alarm").items() if n.startswith("DailyJob")]
+    assert sorted(d["Value"] for a in alarms for d in a["Properties"]["Dimensions"]) == ["BTCUSDT", "ETHUSDT"]
 
 
 def test_the_daily_job_s_role_reads_four_prefixes_writes_two_and_deletes_nothing(template_json: dict[str, Any]
@@ -748,16 +754,7 @@ def test_an_alarm_fires_when_yesterday_is_overdue_or_the_job_is_silent(template_
                      "Dimensions": [{"Name": "Symbol", "Value": "BTCUSDT"}], "Period": 3600, "EvaluationPeriods": 1,
                      "Threshold": 1, "ComparisonOperator": "GreaterThanOrEqualToThreshold",
                      "TreatMissingData": "breaching"}
-    assert "AlarmActions" not in alarm  # no topic in this stack yet
-
-
-def test_the_daily_job_alarm_notifies_a_topic_when_given_one() -> None:
-    from aws_cdk import aws_sns as sns
-
-    from stacks.daily_job import DailyJob
-
-    stack = cdk.Stack(cdk.App(), "Probe")
-    topic = sns.Topic(stack, "Alarms")
-    DailyJob(stack, "DailyJob", bucket=s3.Bucket(stack, "Bucket"), symbols=["BTCUSDT"], alarm_topic=topic)
-    Template.from_stack(stack).has_resource_properties("AWS::CloudWatch::Alarm", {
-        "AlarmActions": [{"Ref": stack.get_logical_id(topic.node.default_child)}]})
+    # Into the stack's alarm topic, under a name its policy lets publish (`<stack name>-*`).
+    assert alarm["AlarmName"] == f"{STACK_NAME}-BTCUSDT-daily-not-certified"
+    (topic,) = [n for n in _resources(template_json, "AWS::SNS::Topic")]
+    assert alarm["AlarmActions"] == alarm["OKActions"] == [{"Ref": topic}]

@@ -62,8 +62,8 @@ def test_the_day_is_written_a_row_group_at_a_time_and_reads_back_as_the_ground_t
     market = Market.generate(SYMBOL, start_ms=START, end_ms=START + 600_000, spacing_ms=200)
     path = tmp_path / "day.parquet"
     with TradesParquet(path, row_group_rows=1000, batch_rows=300) as table:
-        for line in market.day_lines(DAY):
-            table.write(line + b"\n")
+        for n, line in enumerate(market.day_lines(DAY)):
+            table.add(line, "replicas" if n % 2 else "exchange")
     source = pq.ParquetFile(path)
     n = len(market.trades)
     assert source.metadata.num_rows == table.rows == n
@@ -72,6 +72,7 @@ def test_the_day_is_written_a_row_group_at_a_time_and_reads_back_as_the_ground_t
     rows = source.read().to_pylist()
     assert [(r["trade_id"], str(r["price"]), str(r["quantity"]), r["buyer_is_maker"]) for r in rows] == [
         (t.id, t.price, t.qty, t.is_buyer_maker) for t in market.trades]
+    assert [r["corroboration"] for r in rows] == ["replicas" if n % 2 else "exchange" for n in range(n)]
     first = pa.scalar(rows[0]["trade_time"], pa.timestamp("ms")).cast(pa.int64()).as_py()
     assert first == market.trades[0].time  # Binance's millisecond, kept exactly
 

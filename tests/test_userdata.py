@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import re
 import subprocess
 import tarfile
@@ -20,7 +21,8 @@ from userdata.lock import COLLECTOR, DAILY_JOB, TARGETS, Target, pins
 
 # Worst case once CloudFormation resolves the tokens: the longest legal bucket and stack names and logical id.
 WORST_CASE = {"bucket": "b" * 63, "region": "ap-southeast-5x", "stack": "s" * 128, "resource": "l" * 255,
-              "symbols": "BTCUSDT", "ws_url": "wss://stream.binance.com:9443"}
+              "symbols": "BTCUSDT", "ws_url": "wss://stream.binance.com:9443", "log_group": "g" * 512,
+              "namespace": "BinanceTradeCollector"}
 # EC2 refuses more than 16,384 bytes; failing here first leaves room for the next change to the collector.
 SIZE_BUDGET = 15_000
 
@@ -101,7 +103,7 @@ def test_shellcheck_accepts_the_rendered_script(tmp_path: Path) -> None:
 
 def test_script_is_strict_and_wires_everything_together() -> None:
     script = _render(bucket="example-bucket", region="ap-northeast-1", stack="Stack", resource="Collector0",
-                     symbols="BTCUSDT,ETHUSDT")
+                     symbols="BTCUSDT,ETHUSDT", log_group="/tradecollector/Stack", namespace="Stack")
     assert script.startswith(f"{userdata.SHEBANG}\n")
     assert "\nset -euo pipefail\n" in script
     assert f"dnf install -y {userdata.PYTHON} aws-cfn-bootstrap" in script
@@ -121,6 +123,8 @@ def test_script_is_strict_and_wires_everything_together() -> None:
         "COLLECTOR_WS_URL=wss://stream.binance.com:9443",
         "AWS_REGION=ap-northeast-1",
         "AWS_DEFAULT_REGION=ap-northeast-1",
+        "COLLECTOR_LOG_GROUP=/tradecollector/Stack",
+        "COLLECTOR_METRICS_NAMESPACE=Stack",
     ]
     assert f'echo "COLLECTOR_INSTANCE_ID=${{instance_id}}" >> {userdata.ENV_FILE}' in script
     assert "X-aws-ec2-metadata-token-ttl-seconds" in script  # IMDSv2: token first
@@ -138,7 +142,8 @@ def _stub(path: Path, log: Path, output: str = "") -> None:
 
 def _rooted(text: str, tmp_path: Path) -> str:
     """The script's absolute paths moved under tmp_path: the system's into root/, cfn-init & co. into bin/."""
-    for path in (userdata.APP_DIR, userdata.VENV_DIR, userdata.ENV_DIR, userdata.ARCHIVE_PATH, "/etc/systemd/system/"):
+    for path in (userdata.APP_DIR, userdata.VENV_DIR, userdata.ENV_DIR, userdata.ARCHIVE_PATH, "/etc/systemd/system/",
+                 "/var/log/"):
         text = text.replace(path, f"{tmp_path / 'root'}{path}")
     return text.replace("/opt/aws/bin/", f"{tmp_path / 'bin'}/")
 
@@ -164,6 +169,11 @@ def _run_stubbed(
         _stub(bin_dir / command, log)
     _stub(bin_dir / "systemctl", log, output=f"echo {restarts}\n")  # `systemctl show --property=NRestarts --value`
     _stub(bin_dir / "curl", log, output="echo i-0123456789abcdef0\n")
+    # The boot log the script ships: the aws stub keeps the events file it is given.
+    _stub(bin_dir / "aws", log, output=f'for a in "$@"; do case "$a" in file://*) cp "${{a#file://}}" '
+          f'{tmp_path / "boot-events.json"};; esac; done\n')
+    (root / "var/log").mkdir(parents=True)
+    (root / "var/log/cfn-init.log").write_text("cfn-init says hello\n")
     (tmp_path / "delivered.tar.gz").write_bytes(delivered)
     _stub(bin_dir / "cfn-init", log, output=f"cp {tmp_path / 'delivered.tar.gz'} {rooted(userdata.ARCHIVE_PATH)}\n")
     for command in ("pip", "python"):
@@ -181,7 +191,8 @@ def test_script_runs_to_the_end_with_stubbed_system_commands(tmp_path: Path) -> 
 
     assert result.returncode == 0, result.stderr
     env = (root / userdata.ENV_FILE.lstrip("/")).read_text()
-    assert env.endswith("AWS_DEFAULT_REGION=ap-northeast-1\nCOLLECTOR_INSTANCE_ID=i-0123456789abcdef0\n")
+    assert env.endswith(
+        "COLLECTOR_METRICS_NAMESPACE=BinanceTradeCollector\nCOLLECTOR_INSTANCE_ID=i-0123456789abcdef0\n")
     assert (root / "etc/systemd/system" / userdata.UNIT_NAME).read_text() == _rooted(userdata.render_unit(), tmp_path)
     for path in collector_files():
         assert (root / userdata.APP_DIR.lstrip("/") / "collector" / path.name).read_bytes() == path.read_bytes()
@@ -190,6 +201,17 @@ def test_script_runs_to_the_end_with_stubbed_system_commands(tmp_path: Path) -> 
     assert any(call.startswith("pip install") for call in calls)
     assert calls.index(f"systemctl enable --now --no-block {userdata.UNIT_NAME}") < len(calls) - 1
     assert calls[-1] == f"cfn-signal --exit-code 0 {cfn_target}"  # success only at the very end
+    _assert_boot_log_shipped(tmp_path, calls)
+
+
+def _assert_boot_log_shipped(tmp_path: Path, calls: list[str]) -> None:
+    """Right before the signal: into the instance's stream of the stack's log group."""
+    target = (f"--region ap-northeast-1 --log-group-name {'g' * 512} --log-stream-name i-0123456789abcdef0 "
+              "--cli-connect-timeout 5 --cli-read-timeout 10")
+    assert calls[-3:-1] == [f"aws logs create-log-stream {target}",
+                            f"aws logs put-log-events {target} --log-events {calls[-2].rsplit(' ', 1)[1]}"]
+    events = json.loads((tmp_path / "boot-events.json").read_text())
+    assert f"{tmp_path / 'root'}/var/log/cfn-init.log: cfn-init says hello" in [e["message"] for e in events]
 
 
 def test_script_refuses_an_archive_that_does_not_match_its_sha256_and_signals_failure(tmp_path: Path) -> None:
@@ -201,6 +223,7 @@ def test_script_refuses_an_archive_that_does_not_match_its_sha256_and_signals_fa
     assert not (root / userdata.APP_DIR.lstrip("/") / "collector").exists()
     assert calls[-1].startswith("cfn-signal --exit-code 1 ")
     assert not any(call.startswith("systemctl") for call in calls)
+    _assert_boot_log_shipped(tmp_path, calls)
 
 
 def test_script_signals_failure_when_the_unit_keeps_restarting(tmp_path: Path) -> None:

@@ -41,7 +41,8 @@ LIMIT_NOFILE = FDS_PER_SYMBOL * MAX_SYMBOLS + FDS_BASE
 USER_DATA_LIMIT = 16_384
 # Longest values the deploy-time tokens can take: S3 allows 63-character bucket names, CloudFormation 128-character
 # stack names and 255-character logical ids; regions are shorter.
-_WORST_CASE_TOKENS = {"BUCKET": "b" * 63, "REGION": "r" * 25, "STACK": "s" * 128, "RESOURCE": "l" * 255}
+_WORST_CASE_TOKENS = {"BUCKET": "b" * 63, "REGION": "r" * 25, "STACK": "s" * 128, "RESOURCE": "l" * 255,
+                      "LOG_GROUP": "g" * 512}
 
 _TEMPLATES = Path(__file__).resolve().parent
 _MARKER = re.compile(r"@([A-Z_]+)@")
@@ -72,12 +73,14 @@ def archive_sha256(archive: bytes) -> str:
 
 
 def render_user_data(
-    *, archive: bytes, bucket: str, region: str, stack: str, resource: str, symbols: str, ws_url: str
+    *, archive: bytes, bucket: str, region: str, stack: str, resource: str, symbols: str, ws_url: str,
+    log_group: str, namespace: str,
 ) -> str:
     """The bash user-data script; raises ValueError if it could exceed EC2's limit once tokens resolve.
 
     `archive` is the collector tar.gz the instance's init metadata holds (only its sha256 goes in here);
-    `stack`, `resource` and `region` tell cfn-init and cfn-signal which resource's metadata to read and signal.
+    `stack`, `resource` and `region` tell cfn-init and cfn-signal which resource's metadata to read and signal;
+    `log_group` (a token) receives the boot log and the collector's lines and metrics (`namespace`).
     """
     values = {
         "PYTHON": PYTHON,
@@ -91,8 +94,10 @@ def render_user_data(
         "UNIT": render_unit().rstrip("\n"),
         "SYMBOLS": symbols,
         "WS_URL": ws_url,
+        "NAMESPACE": namespace,
     }
     worst_case = len(_fill("bootstrap.sh", values | _WORST_CASE_TOKENS).encode())
     if worst_case > USER_DATA_LIMIT:
         raise ValueError(f"user-data would be {worst_case} bytes, above EC2's {USER_DATA_LIMIT}-byte limit")
-    return _fill("bootstrap.sh", values | {"BUCKET": bucket, "REGION": region, "STACK": stack, "RESOURCE": resource})
+    return _fill("bootstrap.sh", values | {"BUCKET": bucket, "REGION": region, "STACK": stack, "RESOURCE": resource,
+                                        "LOG_GROUP": log_group})

@@ -14,11 +14,47 @@ signal() {
 }
 on_exit() {
   local status=$?
-  if ((status != 0)) && [[ -x /opt/aws/bin/cfn-signal ]]; then
-    signal "${status}" || true
+  if ((status != 0)); then
+    ship_boot_log
+    if [[ -x /opt/aws/bin/cfn-signal ]]; then
+      signal "${status}" || true
+    fi
   fi
 }
 trap on_exit EXIT
+
+# The boot's log into this instance's stream of the stack's log group (the collector writes there too), so that
+# a failed boot can be read without a shell. Best effort: it never changes the boot's outcome. The image's own
+# python3 and aws CLI do it, as the collector's Python may be what failed to install.
+ship_boot_log() {
+  [[ -n "${instance_id:-}" ]] || return 0
+  local events
+  events=$(mktemp) || return 0
+  python3 - /var/log/cloud-init-output.log /var/log/cfn-init.log > "${events}" <<'PY' || true
+import json, sys, time
+lines = []
+for path in sys.argv[1:]:
+    try:
+        with open(path, errors="replace") as log:
+            lines += [f"{path}: {line.rstrip()[:8000]}" for line in log if line.strip()]
+    except OSError:
+        pass
+kept, size = [], 0
+for line in reversed(lines[-5000:]):  # within PutLogEvents' limits; the last lines tell what went wrong
+    size += len(line.encode()) + 26
+    if size > 900_000:
+        break
+    kept.append(line)
+now = int(time.time() * 1000)
+print(json.dumps([{"timestamp": now, "message": line} for line in reversed(kept)] or [{"timestamp": now, "message": "no boot log"}]))
+PY
+  # Short timeouts: an unreachable CloudWatch may not hold up the signal for long.
+  local target=(--region '@REGION@' --log-group-name '@LOG_GROUP@' --log-stream-name "${instance_id}"
+    --cli-connect-timeout 5 --cli-read-timeout 10)
+  aws logs create-log-stream "${target[@]}" 2>/dev/null || true
+  aws logs put-log-events "${target[@]}" --log-events "file://${events}" > /dev/null || true
+  rm -f "${events}"
+}
 
 # Package mirrors, PyPI, CloudFormation and even IMDS can be briefly unreachable while the instance comes up.
 retry() {
@@ -61,6 +97,8 @@ COLLECTOR_SYMBOLS=@SYMBOLS@
 COLLECTOR_WS_URL=@WS_URL@
 AWS_REGION=@REGION@
 AWS_DEFAULT_REGION=@REGION@
+COLLECTOR_LOG_GROUP=@LOG_GROUP@
+COLLECTOR_METRICS_NAMESPACE=@NAMESPACE@
 ENV
 echo "COLLECTOR_INSTANCE_ID=${instance_id}" >> @ENV_FILE@
 
@@ -82,4 +120,5 @@ if ! systemctl is-active --quiet @UNIT_NAME@ || [[ "${restarts}" != 0 ]]; then
   echo "user-data: @UNIT_NAME@ is not running steadily (restarts: ${restarts})" >&2
   exit 1
 fi
+ship_boot_log
 retry signal 0
