@@ -54,7 +54,7 @@ class DailyJob(Construct):
     """`function`, `role`, `log_group`, `schedules` and `alarms` (by symbol). `alarm_topic`, when given, is told
     when an alarm fires and when it clears; the alarms are named `<stack name>-<symbol>-daily-not-certified`."""
 
-    def __init__(self, scope: Construct, construct_id: str, *, bucket: s3.IBucket, symbols: Sequence[str],
+    def __init__(self, scope: Construct, construct_id: str, *, bucket: s3.Bucket, symbols: Sequence[str],
                  log_retention: logs.RetentionDays, alarm_topic: sns.ITopic | None = None) -> None:
         super().__init__(scope, construct_id)
         stack = cdk.Stack.of(self)
@@ -87,10 +87,13 @@ class DailyJob(Construct):
         self.role.add_to_principal_policy(iam.PolicyStatement(
             sid="WriteBackfillAndCurated", actions=["s3:PutObject"],
             resources=[bucket.arn_for_objects(f"{prefix}*") for prefix in WRITE_PREFIXES]))
-        # compact uploads the curated JSONL in parts; an upload that fails is aborted rather than left to bill.
+        # compact uploads the curated JSONL in parts; an upload that fails is aborted rather than left to bill,
+        # and one cut short by the timeout (nothing left to abort it) is removed by the bucket a day later.
         self.role.add_to_principal_policy(iam.PolicyStatement(
             sid="AbortOwnUploads", actions=["s3:AbortMultipartUpload"],
             resources=[bucket.arn_for_objects(f"{CURATED_PREFIX}*")]))
+        bucket.add_lifecycle_rule(id="AbortIncompleteCuratedUploads", prefix=CURATED_PREFIX,
+                                  abort_incomplete_multipart_upload_after=cdk.Duration.days(1))
 
         expression = scheduler.ScheduleExpression.cron(minute=SCHEDULE_MINUTE, hour="*",
                                                        time_zone=cdk.TimeZone.ETC_UTC)

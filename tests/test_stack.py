@@ -737,6 +737,12 @@ def test_the_bucket_holds_the_daily_job_to_write_once_backfill_sse_s3_and_standa
     ]
 
 
+def test_uploads_the_daily_job_leaves_unfinished_are_removed_after_a_day(template: Template) -> None:
+    template.has_resource_properties("AWS::S3::Bucket", {"LifecycleConfiguration": {"Rules": Match.array_with([{
+        "Id": "AbortIncompleteCuratedUploads", "Prefix": "curated/", "Status": "Enabled",
+        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}}])}})
+
+
 def test_the_scheduler_may_invoke_the_daily_job_and_nothing_else(template_json: dict[str, Any]) -> None:
     role = next(n for n in _resources(template_json, "AWS::IAM::Role") if n.startswith("DailyJobSchedulerRole"))
     assert template_json["Resources"][role]["Properties"]["AssumeRolePolicyDocument"]["Statement"] == [
