@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt collector/requirements.txt | cksum | cut -d' ' -f1)
 NODE_STAMP := node_modules/.installed-$(shell cksum < package-lock.json 2>/dev/null | cut -d' ' -f1)
 
-.PHONY: demo test lint bench bench-audit rehearse lock synth clean
+.PHONY: demo test lint bench bench-audit rehearse lock daily-job-package synth clean
 
 $(STAMP): requirements-dev.txt collector/requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed")'
@@ -38,8 +38,13 @@ rehearse: $(STAMP) $(NODE_STAMP)
 lock: $(STAMP)
 	$(PY) -m userdata.lock
 
-synth: $(STAMP) $(NODE_STAMP)
+# The daily job's layer (pip for Linux aarch64, no Docker), cached under build/ by its lock's hash; synth builds it
+# on demand too, so this only moves the download out of the first synth.
+daily-job-package: $(STAMP)
+	$(PY) -m stacks.daily_job_package
+
+synth: $(STAMP) $(NODE_STAMP) daily-job-package
 	npx cdk synth
 
 clean:
-	rm -rf cdk.out .pytest_cache .ruff_cache .hypothesis
+	rm -rf cdk.out build .pytest_cache .ruff_cache .hypothesis

@@ -24,11 +24,11 @@ import msgspec
 from boto3.exceptions import Boto3Error
 from botocore.exceptions import BotoCoreError, ClientError
 
-from audit import backfill, binance_rest, bucket, check, compact, parquet_day, plot, query, report, status
+from audit import backfill, binance_rest, bucket, check, compact, daily, parquet_day, plot, query, report, status
 from audit.corroborate import DEFAULT_MODE, Mode
 from collector.config import bucket_name, symbol_list
 
-COMMANDS = ("check", "backfill", "compact", "query", "status")
+COMMANDS = ("check", "backfill", "compact", "daily", "query", "status")
 # The stack's name in stacks/application.py (a test holds them together): the metrics' namespace and the prefix
 # of the alarms' names.
 STACK_NAME = "BinanceTradeCollector"
@@ -68,7 +68,7 @@ def _as_argparse(fn: object) -> object:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m audit", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n")[1])
-    sub = parser.add_subparsers(dest="command", metavar="{check,backfill,compact,query,status}")
+    sub = parser.add_subparsers(dest="command", metavar="{check,backfill,compact,daily,query,status}")
     yesterday = datetime.now(UTC).date() - timedelta(days=1)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--bucket", required=True, type=_as_argparse(bucket_name), help="the collector's bucket")
@@ -109,6 +109,14 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--corroborate", choices=[str(mode) for mode in Mode], default=str(DEFAULT_MODE),
                    help="which ids to confirm with historicalTrades: none; disputed (copies differ); single (those "
                    "and ids only one replica holds); all (default: %(default)s)")
+
+    d = sub.add_parser("daily", parents=[common, rest], help="the scheduled job by hand: check, backfill, compact",
+                       description="What the stack's daily job does for one symbol and day: leaves a day already "
+                       "certified alone (writes nothing); otherwise audits it, backfills its holes, audits again "
+                       "and, if no hole is left, compacts it (JSONL, Parquet and bars), writing the curated day only "
+                       "if it is certified and deleting nothing. Exit status 0 when the day ends certified.")
+    d.add_argument("--corroborate", choices=[str(mode) for mode in Mode], default=str(DEFAULT_MODE),
+                   help="as for compact (default: %(default)s)")
 
     q = sub.add_parser("query", help="SQL over the trades and bars with DuckDB, on this machine",
                        description="Fetches the curated days' Parquet tables (or, for days not yet compacted, the "
@@ -184,6 +192,11 @@ def _print_backfill(result: backfill.Backfill) -> None:
 def _run(args: argparse.Namespace, s3: Any) -> int:
     if args.command == "query":
         return _query(args, s3)
+    if args.command == "daily":
+        run = daily.run_day(s3, args.bucket, args.symbol, args.date, _history(args), now_ms=int(time.time() * 1000),
+                            mode=Mode(args.corroborate), quiet=args.quiet)
+        print(run.summary())
+        return 0 if run.certified else 1
     audit = check.run(s3, args.bucket, args.symbol, args.date, verify=getattr(args, "verify", False),
                       quiet=args.quiet)
     if args.command == "check":

@@ -259,8 +259,12 @@ def _previous_data_key(s3: Any, name: str, manifest_key: str) -> str | None:
 
 
 def run(s3: Any, audit: Audit, *, mode: Mode = DEFAULT_MODE, history: HistoricalTrades | None = None,
-        quiet: bool = False, now_ms: int | None = None) -> Curated:
-    """Compact `audit`'s day; `history` is asked what `mode` says (None: the exchange cannot be asked)."""
+        quiet: bool = False, now_ms: int | None = None, prune: bool = True, certified_only: bool = False
+        ) -> Curated:
+    """Compact `audit`'s day; `history` is asked what `mode` says (None: the exchange cannot be asked).
+    For a caller that may not delete (the daily job): `prune=False` leaves the objects only a previous manifest
+    named, and `certified_only` uploads nothing unless the day is certified, so that such a caller writes a day
+    once and never supersedes its own objects."""
     started = time.monotonic()
     cov = audit.coverage
     sources = choose_sources(audit.entries, cov.start_ms, cov.end_ms)
@@ -285,6 +289,8 @@ def run(s3: Any, audit: Audit, *, mode: Mode = DEFAULT_MODE, history: Historical
                  "weight": 0 if history is None else history.weight_used, "unreachable": exchange.unreachable}
         doc = curated_manifest(audit, data_key, merged, path.stat().st_size, digest.hexdigest(),
                                int(time.time() * 1000) if now_ms is None else now_ms, len(sources), asked)
+        if certified_only and not doc["complete"]:
+            return Curated(data_key, manifest_key, doc, time.monotonic() - started)  # nothing uploaded
         previous = _previous_data_key(s3, audit.bucket, manifest_key)
         previous_tables = curated_tables.previous_keys(s3, audit.bucket, manifest_key)
         s3.upload_file(str(path), audit.bucket, data_key,
@@ -294,9 +300,10 @@ def run(s3: Any, audit: Audit, *, mode: Mode = DEFAULT_MODE, history: Historical
     # The manifest is the switch: it names data objects that are already complete.
     s3.put_object(Bucket=audit.bucket, Key=manifest_key, Body=manifest.encode(doc),
                   ServerSideEncryption="AES256", ContentType="application/json")
-    if previous is not None and previous != data_key:
-        s3.delete_object(Bucket=audit.bucket, Key=previous)
-    curated_tables.delete_stale(s3, audit.bucket, previous_tables, doc["tables"])
+    if prune:
+        if previous is not None and previous != data_key:
+            s3.delete_object(Bucket=audit.bucket, Key=previous)
+        curated_tables.delete_stale(s3, audit.bucket, previous_tables, doc["tables"])
     return Curated(data_key, manifest_key, doc, time.monotonic() - started)
 
 

@@ -1,5 +1,6 @@
 """The one stack: raw bucket + collector fleet + what watches them, and the permissions that connect them;
-Athena over the bucket for the operator's SQL."""
+Athena over the bucket for the operator's SQL; the daily job that certifies each day, held by the bucket to its
+own writes and alarming into the same topic."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from constructs import Construct
 
 from collector.keys import DATA_PREFIX, MANIFEST_PREFIX
 from stacks.analytics import Analytics
+from stacks.daily_job import WRITE_ONCE_PREFIXES, DailyJob
 from stacks.fleet import CollectorFleet
-from stacks.observability import Observability
+from stacks.observability import RETENTION, Observability
 from stacks.raw_bucket import RawBucket
 from stacks.settings import Settings
 from userdata import ARCHIVE_PATH, render_user_data
@@ -92,6 +94,11 @@ class CollectorStack(cdk.Stack):
         self.analytics = Analytics(self, "Analytics", bucket=bucket, symbols=settings.symbols)
         self.logs_statement = self.observability.grant_write(self.fleet.role)
         self.observability.watch(instances=self.fleet.instances, symbols=settings.symbols)
+        self.daily_job = DailyJob(self, "DailyJob", bucket=bucket, symbols=settings.symbols,
+                                  log_retention=RETENTION[settings.log_retention_days],
+                                  alarm_topic=self.observability.topic)
+        self.daily_job_denials = self.raw_bucket.hold_job_writes(self.daily_job.role,
+                                                                 write_once_prefixes=WRITE_ONCE_PREFIXES)
 
         cdk.CfnOutput(self, "BucketName", value=bucket.bucket_name, description="where the trades land")
         cdk.CfnOutput(self, "InstanceRoleArn", value=self.fleet.role.role_arn, description="collectors' role")
@@ -101,6 +108,8 @@ class CollectorStack(cdk.Stack):
             value=cdk.Fn.join(",", [instance.instance_id for instance in self.fleet.instances]),
             description="comma-separated collector instance ids",
         )
+        cdk.CfnOutput(self, "DailyJobFunction", value=self.daily_job.function.function_name,
+                      description="the daily job (invoke with {\"symbol\": ..., \"date\": ...} to re-run a day)")
         cdk.CfnOutput(self, "AthenaWorkGroup", value=self.analytics.workgroup.ref,
                       description="Athena workgroup (and Glue database) for SQL over the trades")
         cdk.CfnOutput(self, "LogGroupName", value=self.observability.log_group.log_group_name,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
@@ -60,10 +62,30 @@ class RawBucket(Construct):
                                             "StringNotEquals": {"s3:x-amz-storage-class": STORAGE_CLASS}},
             "DenyWriterOutsideTheVpc": {"StringNotEquals": {"aws:SourceVpce": endpoint.vpc_endpoint_id}},
         }
+        return self._deny_puts(writer, {sid: (["*"], conditions) for sid, conditions in promises.items()})
+
+    def hold_job_writes(self, writer: iam.IRole, *, write_once_prefixes: Sequence[str]) -> list[iam.PolicyStatement]:
+        """Deny the daily job's `writer` what breaks the collectors' promises where they apply to it: no overwrite
+        under `write_once_prefixes`, SSE-S3 only, STANDARD only. Not the VPC (the function runs outside it, to
+        reach Binance without a NAT gateway). Unlike the collectors, the job uploads the curated day in parts;
+        UploadPart carries no encryption header, so the encryption promise is held where the header is sent
+        (the bucket's default encryption is SSE-S3 anyway, and SSE-C is blocked)."""
+        return self._deny_puts(writer, {
+            "DenyJobOverwrites": ([f"{prefix}*" for prefix in write_once_prefixes],
+                                  {"Null": {"s3:if-none-match": "true"}}),
+            "DenyJobOtherEncryption": (["*"], {"StringNotEqualsIfExists": {
+                "s3:x-amz-server-side-encryption": SSE_ALGORITHM}}),
+            "DenyJobCustomerKeys": (["*"], {"Null": {"s3:x-amz-server-side-encryption-customer-algorithm": "false"}}),
+            "DenyJobOtherStorageClass": (["*"], {"Null": {"s3:x-amz-storage-class": "false"},
+                                                 "StringNotEquals": {"s3:x-amz-storage-class": STORAGE_CLASS}}),
+        })
+
+    def _deny_puts(self, writer: iam.IRole, denials: dict[str, tuple[list[str], dict[str, dict[str, str]]]]
+                   ) -> list[iam.PolicyStatement]:
         statements = [
             iam.PolicyStatement(sid=sid, effect=iam.Effect.DENY, principals=[writer], actions=["s3:PutObject"],
-                                resources=[self.bucket.arn_for_objects("*")], conditions=conditions)
-            for sid, conditions in promises.items()
+                                resources=[self.bucket.arn_for_objects(key) for key in keys], conditions=conditions)
+            for sid, (keys, conditions) in denials.items()
         ]
         for statement in statements:
             self.bucket.add_to_resource_policy(statement)

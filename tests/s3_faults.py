@@ -25,6 +25,7 @@ class S3Faults(ServedInThread):
         self.lose_put_replies = 0  # this many PUTs forwarded, then answered 500
         self.puts_seen = 0
         self.put_headers: list[dict[str, str]] = []  # lower-cased names, in arrival order
+        self.put_paths: list[str] = []  # the request paths of those PUTs, same order
         self._lock = threading.Lock()
         proxy = self
 
@@ -40,6 +41,7 @@ class S3Faults(ServedInThread):
                 if self.command == "PUT":
                     with proxy._lock:
                         proxy.put_headers.append({k.lower(): v for k, v in self.headers.items()})
+                        proxy.put_paths.append(self.path)
                 verdict = proxy._verdict(self.command)
                 if verdict == "reject":
                     self._reply(503, {"Content-Type": "application/xml"}, SLOW_DOWN)

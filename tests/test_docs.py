@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import userdata
-from audit import query
+from audit import daily, query
 from audit.bars import BARS_SCHEMA, INTERVALS
 from audit.corroborate import DEFAULT_MODE, DISAGREEMENTS_LISTED, Mode
 from audit.entries import MANIFEST_MAX_BYTES, MAX_OBJECT_BYTES
@@ -21,6 +21,7 @@ from collector.connect_budget import burst, pace_seconds, startup_seconds
 from collector.frames import MAX_MESSAGE_BYTES
 from collector.handover import HANDOVER_SPREAD_SECONDS
 from collector.keys import ATHENA_RESULTS_PREFIX
+from stacks import daily_job
 from stacks.analytics import BYTES_SCANNED_CUTOFF, FIRST_DAY, NAMED_QUERIES, RAW_TABLE, RESULTS_EXPIRE_DAYS
 from stacks.application import STACK_NAME
 from stacks.settings import CONTEXT_KEYS
@@ -252,3 +253,21 @@ def test_operations_md_states_the_workgroups_settings_and_the_named_queries() ->
     assert f"`{STACK_NAME.lower()}`" in athena and f"from {FIRST_DAY} to today" in athena
     assert f"`{RAW_TABLE}`" in athena
     assert all(f"`{name}`" in athena for name in NAMED_QUERIES)
+
+
+def test_the_daily_job_s_documented_schedule_sizing_and_metrics_are_the_codes() -> None:
+    page = (REPO_ROOT / "docs" / "operations.md").read_text()
+    section = " ".join(page.split("### The daily job", 1)[1].split("\n### ", 1)[0].split())
+    assert f"**every hour at minute {daily_job.SCHEDULE_MINUTE}, UTC**" in section
+    assert f"first attempt is at 00:{daily_job.SCHEDULE_MINUTE} UTC" in section
+    assert f"**{daily_job.MEMORY_MB} MB**" in section
+    assert f"**{daily_job.TIMEOUT.to_minutes():.0f}-minute** timeout" in section
+    assert "kept as long as theirs (`logRetentionDays`)" in section
+    assert f"`{STACK_NAME}-<symbol>-daily-not-certified`" in section
+    assert daily.CERTIFIED_BY.total_seconds() == 3 * 3600 and "by **03:00 UTC**" in section
+    assert f"namespace `{STACK_NAME}/DailyJob` with the dimension `{daily.SYMBOL_DIMENSION}`" in section
+    for metric in (daily.CERTIFIED, daily.HOLES_REMAINING, daily.RUNTIME, daily.OVERDUE):
+        assert f"`{metric}`" in section
+    assert "Python 3.12 on arm64" in section and daily_job.RUNTIME.name == "python3.12"
+    data = (REPO_ROOT / "docs" / "data.md").read_text()
+    assert f"from 00:{daily_job.SCHEDULE_MINUTE} UTC" in data and "by 01:00 UTC" in data

@@ -3,7 +3,9 @@ IAM with enforcement on, assumed through STS, and the real collector run with th
 
 The collector must deliver everything with them, and the same credentials must be refused everything else in S3
 (read, list, delete, writes outside `raw/` and `manifests/`, writes to another bucket): the collector needs
-nothing beyond what the stack grants, and the stack grants nothing beyond what the collector needs.
+nothing beyond what the stack grants, and the stack grants nothing beyond what the collector needs. The daily
+job's role likewise: with its credentials alone the job certifies a day with a hole (read, list, backfill,
+compact), and they delete nothing and write nowhere but backfill/ and curated/.
 
 moto evaluates actions and resource ARNs of identity policies but NOT their conditions (an Allow with a
 condition allows as if it had none), and it does not evaluate bucket policies at all; whatever depends on a
@@ -16,20 +18,30 @@ endpoint alone.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import types
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
+import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from audit import daily
+from audit.binance_rest import HistoricalTrades
+from audit.days import day_bounds_ms
 from collector.config import ALLOW_INSECURE_WS_ENV
-from collector.keys import DATA_PREFIX, MANIFEST_PREFIX
+from collector.keys import CURATED_PREFIX, DATA_PREFIX, MANIFEST_PREFIX
+from sandbox.binance_rest import HistoryServer
+from sandbox.market import Market
+from sandbox.replicas import Run, write
 from stacks.application import STACK_NAME, create_app
 from tests.cdk_support import cdk_context
 from tests.conftest import BUCKET, Collector, landed, unshipped
@@ -58,25 +70,33 @@ def _references(template: dict[str, Any]) -> tuple[dict[str, Any], dict[tuple[st
     resources = template["Resources"]
     (bucket_id,) = (k for k, r in resources.items() if r["Type"] == "AWS::S3::Bucket")
     (endpoint_id,) = (k for k, r in resources.items() if r["Type"] == "AWS::EC2::VPCEndpoint")
-    (role_id,) = (k for k, r in resources.items() if r["Type"] == "AWS::IAM::Role" and k.startswith("FleetRole"))
-    (group_id,) = (k for k, r in resources.items() if r["Type"] == "AWS::Logs::LogGroup")
+    roles = [k for k, r in resources.items() if r["Type"] == "AWS::IAM::Role"]
+    (group_id,) = (k for k, r in resources.items() if r["Type"] == "AWS::Logs::LogGroup"
+                   and k.startswith("Observability"))
+    (job_group_id,) = (k for k, r in resources.items() if r["Type"] == "AWS::Logs::LogGroup"
+                       and k.startswith("DailyJob"))
     refs = {"AWS::StackId": STACK_ID, "AWS::StackName": STACK_NAME, "AWS::Region": REGION,
             "AWS::AccountId": ACCOUNT, "AWS::Partition": "aws", "AWS::URLSuffix": "amazonaws.com", bucket_id: BUCKET,
             endpoint_id: STACK_ENDPOINT, group_id: LOG_GROUP}
     # A log group's Arn attribute on AWS ends in `:*` (its streams).
     attributes = {(bucket_id, "Arn"): f"arn:aws:s3:::{BUCKET}",
-                  (role_id, "Arn"): f"arn:aws:iam::{ACCOUNT}:role/{role_id}",
-                  (group_id, "Arn"): f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{LOG_GROUP}:*"}
+                  (group_id, "Arn"): f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{LOG_GROUP}:*",
+                  (job_group_id, "Arn"): f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{job_group_id}:*",
+                  **{(role_id, "Arn"): f"arn:aws:iam::{ACCOUNT}:role/{role_id}" for role_id in roles}}
     return refs, attributes
 
 
 def _instance_role(template: dict[str, Any]) -> InstanceRole:
     """The role the instances get (through the instance profile), with references resolved for the test."""
+    (profile,) = (r for r in template["Resources"].values() if r["Type"] == "AWS::IAM::InstanceProfile")
+    (role_ref,) = profile["Properties"]["Roles"]
+    return _role(template, role_ref["Ref"])
+
+
+def _role(template: dict[str, Any], role_id: str) -> InstanceRole:
+    """The role `role_id` (a logical id) with its statements, references resolved for the test."""
     resources = template["Resources"]
     refs, attributes = _references(template)
-    (profile,) = (r for r in resources.values() if r["Type"] == "AWS::IAM::InstanceProfile")
-    (role_ref,) = profile["Properties"]["Roles"]
-    role_id = role_ref["Ref"]
     role = resources[role_id]["Properties"]
     statements = [s for p in role.get("Policies", []) for s in p["PolicyDocument"]["Statement"]]
     for resource in resources.values():
@@ -104,16 +124,21 @@ def instance_role(template: dict[str, Any]) -> InstanceRole:
 @pytest.fixture(scope="module")
 def put_denials(template: dict[str, Any]) -> list[dict[str, Any]]:
     """The bucket policy's Deny statements on the instance role's PutObject, references resolved."""
+    return _denials_of(template, _instance_role(template).name)
+
+
+def _denials_of(template: dict[str, Any], role_id: str) -> list[dict[str, Any]]:
     (policy,) = (r for r in template["Resources"].values() if r["Type"] == "AWS::S3::BucketPolicy")
     refs, attributes = _references(template)
     statements = resolve(policy["Properties"]["PolicyDocument"]["Statement"], refs, attributes)
-    role_arn = f"arn:aws:iam::{ACCOUNT}:role/{_instance_role(template).name}"
+    role_arn = f"arn:aws:iam::{ACCOUNT}:role/{role_id}"
     return [s for s in statements if s["Effect"] == "Deny" and s["Principal"] == {"AWS": role_arn}]
 
 
-def _denied_by(denials: list[dict[str, Any]], headers: dict[str, str], source_vpce: str | None) -> list[str]:
-    """The Sids of the statements that deny a PutObject with these (lower-cased) headers, by IAM's rules for the
-    operators the policy uses; a condition key this test does not know fails it."""
+def _denied_by(denials: list[dict[str, Any]], headers: dict[str, str], source_vpce: str | None,
+               key: str = "any/key") -> list[str]:
+    """The Sids of the statements that deny a PutObject of `key` with these (lower-cased) headers, by IAM's rules
+    for the operators the policy uses; a condition key this test does not know fails it."""
     context = {"s3:if-none-match": headers.get("if-none-match"),
                "s3:x-amz-server-side-encryption": headers.get("x-amz-server-side-encryption"),
                "s3:x-amz-server-side-encryption-customer-algorithm":
@@ -127,10 +152,13 @@ def _denied_by(denials: list[dict[str, Any]], headers: dict[str, str], source_vp
             return (value is None) == (expected == "true")
         if operator == "StringNotEquals":
             return value != expected  # a key missing from the request matches a negated operator
+        if operator == "StringNotEqualsIfExists":
+            return value is not None and value != expected
         raise AssertionError(f"teach _denied_by the {operator} operator")
 
     return [s["Sid"] for s in denials if s["Action"] == "s3:PutObject"
-            and all(holds(op, key, value) for op, pairs in s["Condition"].items() for key, value in pairs.items())]
+            and any(fnmatch.fnmatchcase(f"arn:aws:s3:::{BUCKET}/{key}", r) for r in _as_list(s["Resource"]))
+            and all(holds(op, name, value) for op, pairs in s["Condition"].items() for name, value in pairs.items())]
 
 
 @dataclass
@@ -295,3 +323,99 @@ def test_in_cloudwatch_logs_the_role_may_only_create_streams_and_put_events(
 
 def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
+
+
+# --- the daily job --------------------------------------------------------------------------------------------
+
+JOB_DAY = date(2026, 11, 28)
+JOB_SYMBOL = "BTCUSDT"
+
+
+@dataclass
+class JobEnforced:
+    server: MotoServer
+    admin: dict[str, str]
+    role: dict[str, str]  # the daily job's role's temporary credentials
+    market: Market
+    denials: list[dict[str, Any]]  # the bucket policy's statements on the job's PutObject, resolved
+
+
+@pytest.fixture(scope="module")
+def job_enforced(template: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[JobEnforced]:
+    """The daily job's role as the template defines it, in moto's IAM with enforcement on, and a day with a hole
+    that two replicas share, planted with the admin's credentials."""
+    (role_id,) = (k for k, r in template["Resources"].items()
+                  if r["Type"] == "AWS::IAM::Role" and k.startswith("DailyJobRole"))
+    job_role = _role(template, role_id)
+    with MotoServer(tmp_path_factory.mktemp("moto-job") / "moto.log") as server:
+        iam = server.client("iam")
+        iam.create_user(UserName="admin")
+        iam.put_user_policy(UserName="admin", PolicyName="everything", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+        key = iam.create_access_key(UserName="admin")["AccessKey"]
+        admin = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+        s3 = server.client("s3")
+        s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+        start, end = day_bounds_ms(JOB_DAY)
+        market = Market.generate(JOB_SYMBOL, start_ms=start - 600_000, end_ms=end + 600_000, spacing_ms=30_000)
+        a, z = market.trades[0].id, market.trades[-1].id
+        lost = frozenset(range(a + 1000, a + 1100))
+        write(s3, BUCKET, market, [Run("i-a", a, z, lost=lost), Run("i-b", a, z, lost=lost)])
+        trust = trust_also(job_role.trust, iam.get_user(UserName="admin")["User"]["Arn"])
+        role = iam.create_role(RoleName=job_role.name, AssumeRolePolicyDocument=json.dumps(trust))["Role"]
+        iam.put_role_policy(RoleName=job_role.name, PolicyName="FromTheTemplate", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": job_role.statements}))
+        server.set_iam_enforcement(True)
+        credentials = server.client("sts", admin).assume_role(
+            RoleArn=role["Arn"], RoleSessionName="daily-job")["Credentials"]
+        yield JobEnforced(server, admin, {"AWS_ACCESS_KEY_ID": credentials["AccessKeyId"],
+                                          "AWS_SECRET_ACCESS_KEY": credentials["SecretAccessKey"],
+                                          "AWS_SESSION_TOKEN": credentials["SessionToken"]}, market,
+                          _denials_of(template, role_id))
+
+
+def test_the_daily_job_certifies_a_day_with_only_its_roles_permissions(job_enforced: JobEnforced) -> None:
+    """Read, list and write backfill/ and curated/ are all it needs (the control for the refusals below), and
+    the bucket's denials let each of its real writes through: write-once under backfill/, SSE-S3 everywhere."""
+    creds = job_enforced.role
+    with S3Faults(job_enforced.server.endpoint) as recorder, HistoryServer({JOB_SYMBOL: job_enforced.market}) as rest:
+        s3 = boto3.client("s3", endpoint_url=recorder.url, region_name=REGION,
+                          aws_access_key_id=creds["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"],
+                          aws_session_token=creds["AWS_SESSION_TOKEN"])
+        run = daily.run_day(s3, BUCKET, JOB_SYMBOL, JOB_DAY, HistoricalTrades(rest.url),
+                            now_ms=day_bounds_ms(JOB_DAY)[1] + 3_600_000)
+        assert run.certified and run.backfilled == 100, run.summary()
+        again = daily.run_day(s3, BUCKET, JOB_SYMBOL, JOB_DAY, HistoricalTrades(rest.url),
+                              now_ms=day_bounds_ms(JOB_DAY)[1] + 3_600_000)
+    assert again.already_certified
+    keys = [unquote(path.split("?")[0]).split("/", 2)[2] for path in recorder.put_paths]
+    assert {k.split("/")[0] for k in keys} == {"backfill", "curated"}
+    assert [_denied_by(job_enforced.denials, h, None, k) for h, k in zip(recorder.put_headers, keys, strict=True)
+            ] == [[]] * len(keys)
+    # The same requests bent: an overwrite under backfill/ is refused, under curated/ (the manifest) it is not.
+    backfilled = next(i for i, k in enumerate(keys) if k.startswith("backfill/"))
+    bent = {k: v for k, v in recorder.put_headers[backfilled].items() if k != "if-none-match"}
+    assert _denied_by(job_enforced.denials, bent, None, keys[backfilled]) == ["DenyJobOverwrites"]
+    assert _denied_by(job_enforced.denials, bent, None, "curated/x/manifest.json") == []
+    assert _denied_by(job_enforced.denials, bent | {"x-amz-server-side-encryption": "aws:kms"}, None,
+                      "curated/x/manifest.json") == ["DenyJobOtherEncryption"]
+
+
+@pytest.mark.parametrize("operation", ["delete_raw", "delete_curated", "put_raw", "put_manifests", "put_elsewhere"])
+def test_the_daily_job_may_delete_nothing_and_write_nowhere_else(job_enforced: JobEnforced, operation: str) -> None:
+    admin = job_enforced.server.client("s3", job_enforced.admin)
+    s3 = job_enforced.server.client("s3", job_enforced.role)
+    existing = f"{DATA_PREFIX}probe/existing.jsonl.gz"
+    admin.put_object(Bucket=BUCKET, Key=existing, Body=b"kept", ServerSideEncryption="AES256")
+    put = {"Body": b"x", "ServerSideEncryption": "AES256"}
+    calls = {"delete_raw": lambda: s3.delete_object(Bucket=BUCKET, Key=existing),
+             "delete_curated": lambda: s3.delete_object(Bucket=BUCKET, Key=f"{CURATED_PREFIX}probe/x.parquet"),
+             "put_raw": lambda: s3.put_object(Bucket=BUCKET, Key=f"{DATA_PREFIX}probe/x.jsonl.gz", **put),
+             "put_manifests": lambda: s3.put_object(Bucket=BUCKET, Key=f"{MANIFEST_PREFIX}probe/x.json", **put),
+             "put_elsewhere": lambda: s3.put_object(Bucket=BUCKET, Key="athena-results/x.csv", **put)}
+    with pytest.raises(ClientError) as refused:
+        calls[operation]()
+    assert refused.value.response["Error"]["Code"] == "AccessDenied"
+    assert admin.get_object(Bucket=BUCKET, Key=existing)["Body"].read() == b"kept"
+    admin.delete_object(Bucket=BUCKET, Key=existing)

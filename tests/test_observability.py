@@ -27,8 +27,14 @@ def template_json(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def _one(template_json: dict[str, Any], resource_type: str) -> tuple[str, dict[str, Any]]:
-    ((name, resource),) = _resources(template_json, resource_type).items()
+    """The Observability construct's one resource of this type (the daily job has a log group and alarms of its
+    own: test_stack.py)."""
+    ((name, resource),) = _watching(template_json, resource_type).items()
     return name, resource["Properties"]
+
+
+def _watching(template_json: dict[str, Any], resource_type: str) -> dict[str, dict[str, Any]]:
+    return {n: r for n, r in _resources(template_json, resource_type).items() if n.startswith("Observability")}
 
 
 def _instances(template_json: dict[str, Any]) -> list[str]:
@@ -37,7 +43,7 @@ def _instances(template_json: dict[str, Any]) -> list[str]:
 
 def _alarms(template_json: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {r["Properties"]["AlarmName"]: r["Properties"]
-            for r in _resources(template_json, "AWS::CloudWatch::Alarm").values()}
+            for r in _watching(template_json, "AWS::CloudWatch::Alarm").values()}
 
 
 def test_one_log_group_encrypted_with_the_stacks_key_and_kept_30_days(template_json: dict[str, Any]) -> None:
@@ -91,8 +97,9 @@ def test_alarm_email_subscribes_to_the_topic(tmp_path: Path) -> None:
 
 def test_the_role_may_write_to_this_log_group_only(template_json: dict[str, Any]) -> None:
     group, _ = _one(template_json, "AWS::Logs::LogGroup")
+    (role,) = [n for n in _resources(template_json, "AWS::IAM::Role") if n.startswith("FleetRole")]
     statements = [s for p in _resources(template_json, "AWS::IAM::Policy").values()
-                  for s in p["Properties"]["PolicyDocument"]["Statement"]]
+                  if {"Ref": role} in p["Properties"]["Roles"] for s in p["Properties"]["PolicyDocument"]["Statement"]]
     logs = [s for s in statements if any(a.startswith(("logs:", "cloudwatch:")) for a in
                                          (s["Action"] if isinstance(s["Action"], list) else [s["Action"]]))]
     # The group's ARN ends in `:*`: its streams. No PutMetricData: the metrics travel in the log stream (EMF).
@@ -168,7 +175,7 @@ def test_the_dashboard_names_every_instance_and_shows_the_alarms(template_json: 
     for name in ("TradesReceived", "BacklogBytes", "BacklogAgeSeconds", "TradeIdGaps", "Reconnects",
                  "CPUUtilization", "CPUCreditBalance", '"type":"alarm"'):
         assert name in body, name
-    alarms = _resources(template_json, "AWS::CloudWatch::Alarm")
+    alarms = _watching(template_json, "AWS::CloudWatch::Alarm")
     for alarm in alarms.values():
         assert f':alarm:{alarm["Properties"]["AlarmName"]}"' in body
     assert sorted(_resources(template_json, "AWS::CloudWatch::Dashboard").popitem()[1]["DependsOn"]) == sorted(alarms)

@@ -24,8 +24,11 @@ import pytest
 from botocore.exceptions import ClientError
 
 import userdata
+from audit import daily
 from collector.keys import DATA_PREFIX, MANIFEST_PREFIX
 from stacks.application import STACK_NAME
+from stacks.daily_job import HANDLER, MEMORY_MB, TIMEOUT
+from stacks.daily_job_package import layer_zip
 from tests.cdk_support import cdk_context
 from tests.rehearsal_support import (
     ACCOUNT,
@@ -39,8 +42,10 @@ from tests.rehearsal_support import (
     deployed_template,
     get_att_log_group_arn,
     kms_key_arns,
+    remove_daily_job_leftovers,
     remove_network_leftovers,
     run_cli,
+    schedule_as_cloudformation_would,
 )
 from userdata.archive import collector_archive, collector_files
 
@@ -60,6 +65,7 @@ class Deployment:
     outputs: dict[str, str]
     template: dict[str, Any]  # as CloudFormation holds it
     resources: list[dict[str, Any]]  # DescribeStackResources before destroy
+    schedules: list[str]  # the daily job's, created as CloudFormation would (rehearsal_support.py)
 
     def client(self, service: str) -> Any:
         return self.server.client(service)
@@ -91,7 +97,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     tmp = tmp_path_factory.mktemp("rehearsal")
     with MotoServer(tmp / "moto.log") as server:
         deployment = Deployment(server=server, env=cli_env(server), outdir=tmp / "cdk.out",
-                                log_path=tmp / "cdk.log", outputs={}, template={}, resources=[])
+                                log_path=tmp / "cdk.log", outputs={}, template={}, resources=[],
+                                schedules=[])
         deployment.cdk("bootstrap", f"aws://{ACCOUNT}/{REGION}", timeout=120)
         deployment.cdk("deploy", "--require-approval", "never", DEPLOY_METHOD, timeout=240,
                        while_running=CustomResourceResponder(server, STACK_NAME, deployment.log_path))
@@ -101,6 +108,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         deployment.outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
         deployment.template = deployed_template(server, STACK_NAME)
         deployment.resources = cloudformation.describe_stack_resources(StackName=STACK_NAME)["StackResources"]
+        deployment.schedules = schedule_as_cloudformation_would(server, STACK_NAME)
         yield deployment
 
 
@@ -299,13 +307,43 @@ def test_every_resource_athenas_included_is_created(deployment: Deployment) -> N
     assert {r["ResourceStatus"] for r in deployment.resources} == {"CREATE_COMPLETE"}
 
 
+def test_the_daily_job_is_deployed_with_its_layer_and_scheduled_for_each_symbol(deployment: Deployment) -> None:
+    functions = deployment.client("lambda")
+    config = functions.get_function(FunctionName=deployment.outputs["DailyJobFunction"])["Configuration"]
+    assert (config["Runtime"], config["Handler"]) == ("python3.12", HANDLER)
+    assert (config["MemorySize"], config["Timeout"]) == (MEMORY_MB, TIMEOUT.to_seconds())
+    assert config["Environment"]["Variables"][daily.BUCKET_ENV] == deployment.outputs["BucketName"]
+    assert config["Role"].rsplit("/", 1)[1] == _physical(deployment, "DailyJobRole", "AWS::IAM::Role")
+    # moto's CloudFormation drops the function's architecture, layers and logging config (rehearsal_support.py):
+    # they are read from the template as CloudFormation holds it.
+    (function,) = [r["Properties"] for r in deployment.template["Resources"].values()
+                   if r["Type"] == "AWS::Lambda::Function" and r["Properties"].get("Handler") == HANDLER]
+    assert function["Architectures"] == ["arm64"]
+    # The layer that was uploaded is the one this clone built, byte for byte.
+    (layer,) = functions.list_layers()["Layers"]  # moto reports no physical id for it (rehearsal_support.py)
+    version = functions.get_layer_version(LayerName=layer["LayerName"],
+                                          VersionNumber=layer["LatestMatchingVersion"]["Version"])
+    assert version["Content"]["CodeSize"] == layer_zip().stat().st_size
+    assert version["CompatibleRuntimes"] == ["python3.12"]
+    schedules = deployment.client("scheduler")
+    symbols = CONTEXT["symbols"].split(",")
+    assert len(deployment.schedules) == len(symbols)
+    for name in deployment.schedules:
+        schedule = schedules.get_schedule(Name=name)
+        assert schedule["Target"]["Arn"] == config["FunctionArn"]
+        assert json.loads(schedule["Target"]["Input"])["symbol"] in symbols
+        assert schedule["ScheduleExpression"] == "cron(10 * * * ? *)"
+
+
 def test_destroy_removes_everything_but_the_retained_bucket(deployment: Deployment) -> None:
     bucket = deployment.outputs["BucketName"]
     s3 = deployment.client("s3")
     s3.put_object(Bucket=bucket, Key=f"{DATA_PREFIX}kept.jsonl.gz", Body=b"data", ServerSideEncryption="AES256")
 
     remove_network_leftovers(deployment.server, STACK_NAME)
+    remove_daily_job_leftovers(deployment.server, deployment.schedules)
     deployment.cdk("destroy", "--force", timeout=120)
+    assert deployment.client("scheduler").list_schedules()["Schedules"] == []
 
     stacks = deployment.client("cloudformation").describe_stacks()["Stacks"]
     assert [s["StackName"] for s in stacks if s["StackStatus"] != "DELETE_COMPLETE"] == ["CDKToolkit"]
@@ -356,6 +394,13 @@ def _user_data(deployment: Deployment, instance_id: str) -> str:
     return base64.b64decode(value["UserData"]["Value"]).decode()
 
 
+def _physical(deployment: Deployment, logical_prefix: str, resource_type: str) -> str:
+    (physical,) = (r["PhysicalResourceId"] for r in deployment.resources
+                   if r.get("LogicalResourceId", "").startswith(logical_prefix)
+                   and r.get("ResourceType") == resource_type)
+    return physical
+
+
 def _logical_id(deployment: Deployment, resource_type: str) -> str:
     (logical_id,) = (r["LogicalResourceId"] for r in deployment.resources if r.get("ResourceType") == resource_type)
     return logical_id
@@ -374,16 +419,18 @@ def _missing(call: Callable[[], Any], *codes: str) -> bool:
 # Deleted with the resource they belong to (or not modelled by moto); the checks below cover their parents.
 _GONE_WITH_THEIR_PARENT = {
     "AWS::IAM::Policy", "AWS::EC2::Route", "AWS::EC2::SubnetRouteTableAssociation", "AWS::EC2::VPCGatewayAttachment",
-    "Custom::VpcRestrictDefaultSG",
+    "Custom::VpcRestrictDefaultSG", "AWS::Lambda::EventInvokeConfig",
     # moto lists the resources it does not model (AWS::S3::BucketPolicy, AWS::CDK::Metadata) without a type.
     "unmodelled",
 }
 
 
 def _exists(deployment: Deployment, resource: dict[str, Any]) -> bool:
+    kind = resource["ResourceType"]
+    if kind == "AWS::Lambda::LayerVersion":  # without a physical id in moto (rehearsal_support.py)
+        return bool(deployment.client("lambda").list_layers()["Layers"])
     physical = resource["PhysicalResourceId"]
     ec2, iam = deployment.client("ec2"), deployment.client("iam")
-    kind = resource["ResourceType"]
     if kind == "AWS::S3::Bucket":
         return not _missing(lambda: deployment.client("s3").head_bucket(Bucket=physical), "404", "NoSuchBucket")
     if kind == "AWS::EC2::Instance":
@@ -401,8 +448,8 @@ def _exists(deployment: Deployment, resource: dict[str, Any]) -> bool:
         "AWS::IAM::Role": lambda: [iam.get_role(RoleName=physical)],
         "AWS::IAM::InstanceProfile": lambda: [iam.get_instance_profile(InstanceProfileName=physical)],
         "AWS::Lambda::Function": lambda: [deployment.client("lambda").get_function(FunctionName=physical)],
-        "AWS::Logs::LogGroup": lambda: deployment.client("logs").describe_log_groups(
-            logGroupNamePrefix=physical)["logGroups"],
+        "AWS::Logs::LogGroup": lambda: [g for g in deployment.client("logs").describe_log_groups(
+            logGroupNamePrefix=physical)["logGroups"] if g["logGroupName"] == physical],
         "AWS::SNS::Topic": lambda: [deployment.client("sns").get_topic_attributes(TopicArn=physical)],
         "AWS::CloudWatch::Alarm": lambda: deployment.client("cloudwatch").describe_alarms(
             AlarmNames=[physical])["MetricAlarms"],

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 import userdata
-from tests.cdk_support import require_tool
+from tests.cdk_support import REPO_ROOT, require_tool
 from userdata.archive import COLLECTOR_DIR, collector_archive, collector_files
-from userdata.lock import LOCK, REQUIREMENTS, pins
+from userdata.lock import COLLECTOR, DAILY_JOB, TARGETS, Target, pins
 
 # Worst case once CloudFormation resolves the tokens: the longest legal bucket and stack names and logical id.
 WORST_CASE = {"bucket": "b" * 63, "region": "ap-southeast-5x", "stack": "s" * 128, "resource": "l" * 255,
@@ -235,9 +235,19 @@ def test_script_signals_failure_when_the_unit_keeps_restarting(tmp_path: Path) -
     assert not any(call.startswith("cfn-signal --exit-code 0") for call in calls)
 
 
-def test_the_hash_lock_pins_exactly_the_runtime_requirements() -> None:
-    """The instances install requirements.lock; it must not drift from requirements.txt (`make lock`)."""
-    lock_text = LOCK.read_text()
-    assert pins(lock_text) == pins(REQUIREMENTS.read_text())
+@pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.lock.name)
+def test_the_hash_lock_pins_exactly_the_runtime_requirements(target: Target) -> None:
+    """The instances install requirements.lock, the daily job's layer lambda-requirements.lock; neither may drift
+    from its requirements file (`make lock`)."""
+    lock_text = target.lock.read_text()
+    assert pins(lock_text) == pins(target.requirements.read_text())
     hashed = re.findall(r"^([a-z0-9-]+)==\S+ \\\n(?:    --hash=sha256:[0-9a-f]{64}(?: \\)?\n)+", lock_text, re.M)
     assert sorted(hashed) == sorted(pins(lock_text)), "every pin carries at least one sha256"
+
+
+def test_the_daily_job_runs_the_versions_the_tests_run() -> None:
+    """The layer's pins are the developer venv's (requirements-dev.txt and the collector's), so what runs on
+    Lambda is what `make test` tested."""
+    dev = pins((REPO_ROOT / "requirements-dev.txt").read_text()) | pins(COLLECTOR.requirements.read_text())
+    job = pins(DAILY_JOB.requirements.read_text())
+    assert {name: dev.get(name) for name in job} == job
