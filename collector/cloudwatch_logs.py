@@ -40,12 +40,14 @@ Event = tuple[int, str]  # (epoch ms, message)
 
 
 def batch_size(events: deque[Event]) -> int:
-    """How many events from the left of `events` fit into one PutLogEvents call."""
+    """How many events from the left of `events` fit into one PutLogEvents call; at least one, so that the
+    queue never stalls (`fit` keeps every event within what one call takes)."""
     count = total = 0
     first_ms = events[0][0] if events else 0
     for timestamp, message in events:
         size = len(message.encode()) + EVENT_OVERHEAD_BYTES
-        if count == MAX_BATCH_EVENTS or total + size > MAX_BATCH_BYTES or abs(timestamp - first_ms) > MAX_BATCH_SPAN_MS:
+        if count == MAX_BATCH_EVENTS or (count and (
+                total + size > MAX_BATCH_BYTES or abs(timestamp - first_ms) > MAX_BATCH_SPAN_MS)):
             break
         count += 1
         total += size
