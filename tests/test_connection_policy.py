@@ -3,6 +3,7 @@ against a simulated market and links (what the asyncio shell does, in a few line
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass, field
 
@@ -319,7 +320,7 @@ class World:
 
     def check(self) -> None:
         ids = self.delivered
-        assert all(a < b for a, b in zip(ids, ids[1:], strict=False)), "each id once, in increasing order"
+        assert all(a < b for a, b in itertools.pairwise(ids)), "each id once, in increasing order"
         for n in range(1, len(ids)):
             if ids[n] != ids[n - 1] + 1:
                 assert n in self.gap_marks, f"ids {ids[n - 1] + 1}..{ids[n] - 1} missing without a reported gap"
