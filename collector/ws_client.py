@@ -288,7 +288,7 @@ class SymbolStream:
         self.compression = compression
         self.policy = ConnectionPolicy(symbol=symbol, reconnect_delay=reconnect_delay, ping_interval=ping_interval,
                                        connection_lifetime=connection_lifetime, rng=rng or random.Random())
-        if self.url.startswith("wss:"):
+        if parse_uri(self.url).secure:
             tls_context()  # before the first connect, not during it
         self._links: dict[int, Link] = {}
         # The link whose trades go straight to the sink (see `_on_messages`).
