@@ -154,6 +154,17 @@ def test_a_handover_whose_new_link_closes_keeps_the_old_one_and_tries_again_late
     assert now + 1 + FIRST_DELAY / 2 <= p.handover_at <= now + 1 + 2 * FIRST_DELAY
 
 
+def test_a_new_link_that_joined_and_then_failed_leaves_nothing_missing():
+    p = policy()
+    now, new = handing_over(p, last_id=10)
+    # Its first trades come with the handshake's answer, before it is reported open: they join at once.
+    assert delivered(p.received(new, [trade(11), trade(12)], now)) == [11, 12]
+    assert delivered(p.received(1, [trade(11), trade(12), trade(13)], now)) == [13], "the old link is ahead"
+    p.failed(new, now, Failure.ERROR, "connection reset")
+    assert delivered(p.received(1, [trade(13), trade(14)], now)) == [14]
+    assert p.direct == 1
+
+
 def test_a_shutdown_notice_on_the_new_link_during_a_handover_is_not_lost():
     p = policy()
     now, new = handing_over(p, last_id=10)
