@@ -19,7 +19,9 @@ def planned_lifetime(lifetime: float, rng: random.Random) -> float:
 
 class Handover:
     """While both connections are open, the old one's trades pass; the new one's are held until the
-    new stream reaches back to the last id passed (the two overlap), then released past that id."""
+    new stream reaches back to the last id passed (the two overlap), then released past that id. Once they
+    overlap, a trade from either passes if it is past the last id passed: until the switch, the old one may
+    still be ahead."""
 
     __slots__ = ("held", "joined", "last_id")
 
@@ -29,8 +31,8 @@ class Handover:
         self.joined = False
 
     def from_old(self, trade: Trade) -> bool:
-        """Whether the old connection's trade is to be kept (false once the new one has taken over)."""
-        if self.joined:
+        """Whether the old connection's trade is to be kept: past the last id passed (from either)."""
+        if self.last_id is not None and trade.trade_id <= self.last_id:
             return False
         self.last_id = trade.trade_id
         self._check_joined()

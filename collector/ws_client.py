@@ -2,42 +2,60 @@
 
 A connection is websockets' sans-I/O `ClientProtocol` driven straight from asyncio's transport callbacks:
 frames are handed on from `data_received` without a queue or a task switch per message, which halves the
-cost of an event-loop wake-up compared with the library's asyncio client (see bench/).
+cost of an event-loop wake-up compared with the library's asyncio client (see bench/). `Link` keeps that
+client's safeguards: the transport is closed once the protocol ends the stream (TLS included), and cut when
+a close the protocol expects does not come in time.
+
+What to do with the connections (connect, ping, hand over, switch, back off) is decided by
+`connection_policy.py`; `SymbolStream` feeds it events and carries out its actions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
+import math
 import random
 import ssl
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidStatus
 from websockets.extensions.permessage_deflate import enable_client_permessage_deflate
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
+from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from collector.backoff import (
-    RECONNECT_CAP_SECONDS,
-    REFUSED_LOCATION_DELAY_SECONDS,
-    STABLE_CONNECTION_SECONDS,
-    Backoff,
-)
-from collector.connect_budget import Kind, retry_after_seconds
+from collector.connect_budget import retry_after_seconds
 from collector.connect_gate import BANNED, TOO_MANY, ConnectGate
-from collector.frames import Notice, Rejected, Trade, parse_message
-from collector.handover import Handover, planned_lifetime
+from collector.connection_policy import (
+    Abort,
+    Action,
+    Close,
+    ConnectionPolicy,
+    Deliver,
+    Failure,
+    Gap,
+    OpenLink,
+    Ping,
+    Reconnected,
+    Reject,
+    RequestConnect,
+    Switch,
+    Withdraw,
+)
+from collector.frames import Trade, parse_message
 
 log = logging.getLogger("collector.ws")
 
 OPEN_TIMEOUT_SECONDS = 10.0
+# How long the peer has to end the connection once the protocol expects it to (after a close frame either
+# way, or a failure): then the transport is cut.
 CLOSE_TIMEOUT_SECONDS = 2.0
-# How long a new connection may take to overlap the old one before the old one is closed anyway.
-HANDOVER_TIMEOUT_SECONDS = 10.0
 # The protocol's own limit is a backstop; oversized messages below it are rejected by frames.parse_message.
 PROTOCOL_MAX_SIZE = 1 << 20
 REFUSED_STATUSES = (403, 451)
@@ -52,10 +70,8 @@ MessagesHandler = Callable[["Link", list[tuple[bytes, bool]]], None]
 class Sink(Protocol):
     """Where one symbol's stream delivers: the collector's spool side for that symbol."""
 
-    def on_trade(self, trade: Trade) -> None: ...
-
     def on_trades(self, trades: list[Trade]) -> None:
-        """Trades of one socket read, in order; the same as `on_trade` for each."""
+        """Trades of one socket read, in order."""
 
     def on_rejected(self, reason: str) -> None: ...
 
@@ -85,10 +101,18 @@ def stream_url(ws_url: str, symbol: str) -> str:
     return f"{ws_url}/ws/{symbol.lower()}@trade"
 
 
-class Link(asyncio.Protocol):
-    """One WebSocket connection."""
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """One context for every connection of the process: building one loads the CA store (tens of ms on the
+    event loop), which every reconnect and handover would otherwise pay."""
+    return ssl.create_default_context()
 
-    def __init__(self, url: str, *, compression: bool, on_messages: MessagesHandler) -> None:
+
+class Link(asyncio.Protocol):
+    """One WebSocket connection; `name` is the number the connection policy gave it."""
+
+    def __init__(self, name: int, url: str, *, compression: bool, on_messages: MessagesHandler) -> None:
+        self.name = name
         self.ws = ClientProtocol(
             parse_uri(url),
             extensions=enable_client_permessage_deflate(None) if compression else None,
@@ -99,7 +123,10 @@ class Link(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.opened: asyncio.Future[str] = self.loop.create_future()
         self.closed: asyncio.Future[str] = self.loop.create_future()
-        self.last_rx = self.loop.time()
+        # When the protocol last accepted a frame (data, ping, pong or close): what liveness is measured from.
+        # Bytes it discards (after a close or a failure) do not count.
+        self.last_frame = self.loop.time()
+        self._close_deadline: asyncio.TimerHandle | None = None
         self._fragments: list[bytes] = []
         self._fragment_text = False
 
@@ -108,15 +135,23 @@ class Link(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        if self.closed.done():  # given up while the connection was being made
+            transport.abort()
+            return
         self.ws.send_request(self.ws.connect())
         self._send()
 
     def data_received(self, data: bytes) -> None:
-        self.last_rx = self.loop.time()
-        self.ws.receive_data(data)
+        ws = self.ws
+        ws.receive_data(data)
         self._send()
+        events = ws.events_received()
+        if events:
+            self.last_frame = self.loop.time()
+        if self._close_deadline is None and ws.close_expected():
+            self._closing()
         messages: list[tuple[bytes, bool]] = []
-        for event in self.ws.events_received():
+        for event in events:
             if type(event) is not Frame:
                 self._handshake_done(event)
                 continue
@@ -137,18 +172,30 @@ class Link(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.ws.receive_eof()
         self._send()
+        # Never keep a half-closed connection: the WebSocket closing handshake needs no writes after EOF (and an
+        # SSL transport cannot stay half open anyway).
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.ws.receive_eof()  # idempotent: the protocol ends CLOSED
+        if self._close_deadline is not None:
+            self._close_deadline.cancel()
         if not self.opened.done():
             self.opened.set_exception(ConnectionError(f"connection lost during handshake: {exc or 'EOF'}"))
         if not self.closed.done():
-            code = self.ws.close_rcvd.code if self.ws.close_rcvd is not None else None
-            reason = self.ws.close_rcvd.reason if self.ws.close_rcvd is not None else ""
-            detail = f"close code {code} {reason!r}" if code is not None else f"no close frame ({exc or 'EOF'})"
+            close = self.ws.close_rcvd
+            detail = (f"close code {close.code} {close.reason!r}" if close is not None
+                      else f"no close frame ({exc or 'EOF'})")
             self.closed.set_result(detail)
 
     # our side
+
+    def _closing(self) -> None:
+        """The protocol expects the connection to end: the peer gets `CLOSE_TIMEOUT_SECONDS` to do so."""
+        self._close_deadline = self.loop.call_later(CLOSE_TIMEOUT_SECONDS, self.abort, "close timed out")
+        exc = self.ws.parser_exc
+        if exc is not None:
+            log.warning("%s: the connection failed: %s", self.ws.uri.resource_name, exc)
 
     def _handshake_done(self, response: Response) -> None:
         if self.opened.done():
@@ -173,10 +220,14 @@ class Link(asyncio.Protocol):
                 transport.write(data)
             elif transport.can_write_eof():
                 transport.write_eof()
+            else:
+                # TLS cannot half-close: the protocol's end of stream is the end of the connection.
+                transport.close()
 
     def ping(self) -> None:
-        self.ws.send_ping(b"keepalive")
-        self._send()
+        if self.ws.state is State.OPEN:
+            self.ws.send_ping(b"keepalive")
+            self._send()
 
     def abort(self, reason: str) -> None:
         if not self.closed.done():
@@ -184,28 +235,22 @@ class Link(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    async def close(self, reason: str) -> None:
+    def close(self, reason: str) -> None:
         """Polite close; the transport is cut if the server does not finish the handshake in time."""
-        if self.transport is None or self.closed.done():
+        if self.transport is None or self.closed.done() or self.ws.state is not State.OPEN:
             self.abort(reason)
             return
-        try:
-            self.ws.send_close(1000, reason)
-        except Exception:  # noqa: BLE001 - already closing or failed: cutting the transport is all that is left
-            self.abort(reason)
-            return
+        self.ws.send_close(1000, reason)
         self._send()
-        try:
-            await asyncio.wait_for(asyncio.shield(self.closed), CLOSE_TIMEOUT_SECONDS)
-        except TimeoutError:
-            self.abort(reason)
+        if self._close_deadline is None:
+            self._closing()
 
 
 async def connect(link: Link) -> None:
     """Open `link` and finish the handshake; logs the negotiated extensions. Frames that arrive with the
     handshake response already go to the link's handler, so the caller routes by link identity."""
     uri = link.ws.uri
-    context = ssl.create_default_context() if uri.secure else None
+    context = tls_context() if uri.secure else None
     try:
         async with asyncio.timeout(OPEN_TIMEOUT_SECONDS):
             await link.loop.create_connection(
@@ -219,9 +264,9 @@ async def connect(link: Link) -> None:
 
 
 class SymbolStream:
-    """Keeps one symbol's trade stream flowing: reconnects with backoff, detects dead links, and hands
-    over to a fresh connection before Binance's 24-hour cut or on a `serverShutdown` notice. Every attempt
-    waits for the instance's connection budget (`gate`) first."""
+    """Keeps one symbol's trade stream flowing, as its `ConnectionPolicy` decides: reconnects with backoff,
+    detects dead links, and hands over to a fresh connection before Binance's 24-hour cut or on a
+    `serverShutdown` notice. Every attempt waits for the instance's connection budget (`gate`) first."""
 
     def __init__(
         self,
@@ -240,254 +285,129 @@ class SymbolStream:
         self.url = stream_url(ws_url, symbol)
         self.sink = sink
         self.gate = gate
-        self._on_trade = sink.on_trade  # bound once: called for every message off the common path
         self.compression = compression
-        self.ping_interval = ping_interval
-        self.connection_lifetime = connection_lifetime
-        self._rng = rng or random.Random()
-        self.backoff = Backoff(first=reconnect_delay, cap=RECONNECT_CAP_SECONDS, rng=self._rng)
-        self._running = asyncio.Event()
-        self._running.set()
-        self._stopping = False
+        self.policy = ConnectionPolicy(symbol=symbol, reconnect_delay=reconnect_delay, ping_interval=ping_interval,
+                                       connection_lifetime=connection_lifetime, rng=rng or random.Random())
+        if parse_uri(self.url).secure:
+            tls_context()  # before the first connect, not during it
+        self._links: dict[int, Link] = {}
+        # The link whose trades go straight to the sink (see `_on_messages`).
+        self._direct: Link | None = None
+        self._opening: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
-        # The link whose trades are delivered; during a handover the new link's trades go to `_handover`.
-        self._link: Link | None = None
-        self._handover: Handover | None = None
-        # When the next planned handover is due (loop time), and why.
-        self._handover_at = float("inf")
-        self._handover_why = ""
-        self._connections = 0
-        self._retry_after = 0.0
-        self._stale_trades = 0
 
     # control, from the service
 
     def pause(self) -> None:
         """Close the connection and stay disconnected until `resume` (disk budget reached)."""
-        self._running.clear()
-        self._wake.set()
+        self._apply(self.policy.pause(asyncio.get_running_loop().time()))
 
     def resume(self) -> None:
-        self._running.set()
+        self._apply(self.policy.resume(asyncio.get_running_loop().time()))
 
     def stop(self) -> None:
-        self._stopping = True
-        self._running.set()
-        self._wake.set()
+        self._apply(self.policy.stop(asyncio.get_running_loop().time()))
 
     # messages, from the links
 
     def _on_messages(self, link: Link, messages: list[tuple[bytes, bool]]) -> None:
         symbol = self.symbol
         parsed = [parse_message(data, text, symbol) for data, text in messages]
-        if link is self._link and self._handover is None:
+        if link is self._direct:
             trades = [p for p in parsed if isinstance(p, Trade)]
             if len(trades) == len(parsed):
                 # The common case: only trades, on the one link in service. The sink takes them in one go.
                 self.sink.on_trades(trades)
                 return
-        for one in parsed:
-            self._on_parsed(link, one)
-
-    def _on_parsed(self, link: Link, parsed: Trade | Notice | Rejected) -> None:
-        if type(parsed) is Trade:
-            handover = self._handover
-            if link is self._link:
-                if handover is None:
-                    self._on_trade(parsed)
-                    return
-                if handover.from_old(parsed):
-                    self._on_trade(parsed)
-            elif handover is not None:
-                for trade in handover.from_new(parsed):
-                    self._on_trade(trade)
-            else:
-                # A link being closed after a handover. When the handover joined, the current link has
-                # delivered these too; when it did not, they fall in the reported gap. Counted either way.
-                self._stale_trades += 1
-                return
-            if handover.joined:
-                self._wake.set()
-            return
-        if parsed is Notice.SERVER_SHUTDOWN:
-            reason = "serverShutdown notice"
-            if link is self._link and self._handover is None:
-                log.warning("%s: serverShutdown announced, handing over to a new connection", self.symbol)
-                self._handover_at, self._handover_why = 0.0, "serverShutdown"
-                self._wake.set()
-        else:
-            assert isinstance(parsed, Rejected)
-            reason = parsed.reason
-        self.sink.on_rejected(reason)
+        self._apply(self.policy.received(link.name, parsed, link.loop.time()))
 
     # the loop
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        policy = self.policy
+        self._apply(policy.start(loop.time()))
+        due = policy.next_tick(loop.time())
         try:
-            while not self._stopping:
-                await self._running.wait()
-                if self._stopping:
-                    break
-                if self._link is None and not await self._connect():
-                    continue
-                assert self._link is not None
-                await self._serve(self._link)
+            while not policy.finished:
+                self._wake.clear()
+                timeout = due - loop.time()
+                if timeout > 0:
+                    # Every event given to the policy wakes us, since it may bring the next tick forward.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(None if timeout == math.inf else timeout):
+                            await self._wake.wait()
+                now = loop.time()
+                if now >= due:
+                    self._apply(policy.tick(now, {n: link.last_frame for n, link in self._links.items()}))
+                    due = policy.next_tick(now)
+                else:
+                    due = min(due, policy.next_tick(now))
         finally:
-            if self._link is not None:
-                await self._link.close("collector stopping")
-                self._link = None
+            for link in list(self._links.values()):
+                link.abort("collector stopping")
+            for task in self._opening:
+                task.cancel()
 
-    async def _admitted(self, kind: Kind) -> bool:
-        """Until the connection budget grants one attempt (true), or we stop or pause (false)."""
-        granted = self.gate.request(self, kind)
-        while not granted.done():
-            if self._stopping or not self._running.is_set():
+    def _apply(self, actions: list[Action]) -> None:
+        """Carry out the policy's actions, in order."""
+        for action in actions:
+            kind = type(action)
+            if kind is Deliver:
+                self.sink.on_trades(action.trades)
+            elif kind is Reject:
+                self.sink.on_rejected(action.reason)
+            elif kind is RequestConnect:
+                self.gate.request(self, action.kind).add_done_callback(self._granted)
+            elif kind is Withdraw:
                 self.gate.withdraw(self)
-                return False
-            await self._wait(granted, timeout=None)
-        return True
+            elif kind is OpenLink:
+                self._open(action.link)
+            elif kind is Ping:
+                self._links[action.link].ping()
+            elif kind is Close:
+                if (link := self._links.get(action.link)) is not None:
+                    link.close(action.reason)
+            elif kind is Abort:
+                if (link := self._links.get(action.link)) is not None:
+                    link.abort(action.reason)
+            elif kind is Reconnected:
+                self.sink.on_reconnect()
+            elif kind is Gap:
+                log.debug("%s: the stream may have a gap here (%s)", self.symbol, action.reason)
+            else:
+                assert kind is Switch
+        direct = self.policy.direct
+        self._direct = None if direct is None else self._links.get(direct)
+        self._wake.set()
 
-    async def _open(self) -> Link | None:
-        """A new open link, or None after a failed attempt (the caller decides what to do next)."""
-        link = Link(self.url, compression=self.compression, on_messages=self._on_messages)
-        if self._handover is None:
-            self._link = link
+    def _granted(self, granted: asyncio.Future[None]) -> None:
+        if not granted.cancelled():
+            self._apply(self.policy.granted(asyncio.get_running_loop().time(), self.sink.last_trade_id()))
+
+    def _open(self, name: int) -> None:
+        link = self._links[name] = Link(name, self.url, compression=self.compression, on_messages=self._on_messages)
+        link.closed.add_done_callback(functools.partial(self._closed, link))
+        task = asyncio.create_task(self._connect(link), name=f"connect-{self.symbol}-{name}")
+        self._opening.add(task)
+        task.add_done_callback(self._opening.discard)
+
+    async def _connect(self, link: Link) -> None:
+        policy, loop = self.policy, link.loop
         try:
             await connect(link)
         except LocationRefused as exc:
-            log.error(
-                "%s: this location is refused by Binance (%s); deploy to another region or set "
-                "COLLECTOR_WS_URL; retrying in %.0f s", self.symbol, exc, REFUSED_LOCATION_DELAY_SECONDS,
-            )
-            self._retry_after = REFUSED_LOCATION_DELAY_SECONDS
+            self._apply(policy.failed(link.name, loop.time(), Failure.REFUSED, str(exc)))
         except RateLimited as exc:
-            # The gate logs it once for the instance and holds every attempt back; retry through it at once.
+            # The gate logs it once for the instance and holds every attempt back.
             self.gate.refused(exc.status, exc.retry_after)
-            self._retry_after = 0.0
-            log.debug("%s: connect refused (%s)", self.symbol, exc)
+            self._apply(policy.failed(link.name, loop.time(), Failure.RATE_LIMITED, str(exc)))
         except (OSError, TimeoutError) as exc:
-            self._retry_after = self.backoff.next()
-            log.warning("%s: connect to %s failed (%s); retrying in %.1f s", self.symbol, self.url,
-                        exc or type(exc).__name__, self._retry_after)
+            detail = f"connect to {self.url}: {exc or type(exc).__name__}"
+            self._apply(policy.failed(link.name, loop.time(), Failure.ERROR, detail))
         else:
-            self._connections += 1
-            if self._connections > 1:
-                self.sink.on_reconnect()
-            return link
-        if self._link is link:
-            self._link = None
-        return None
+            self._apply(policy.opened(link.name, loop.time()))
 
-    async def _connect(self) -> bool:
-        """Retries until connected (true), or until stopped or paused (false)."""
-        while not self._stopping and self._running.is_set():
-            kind = Kind.FIRST if self._connections == 0 else Kind.RECONNECT
-            if await self._admitted(kind) and await self._open() is not None:
-                return True
-            await self._wait(timeout=self._retry_after)
-        return False
-
-    async def _wait(self, *futures: asyncio.Future[Any], timeout: float | None) -> None:
-        """Until one of `futures` is done, `_wake` is set, or `timeout` passes; at once when stopping or
-        paused, so a `stop()` or `pause()` that came while we were busy is never slept through."""
-        if self._stopping or not self._running.is_set():
-            return
-        self._wake.clear()
-        waker = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait([*futures, waker], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waker.cancel()
-
-    async def _serve(self, link: Link) -> None:
-        """Until the link ends or is replaced by a handover."""
-        loop = link.loop
-        started = loop.time()
-        # Each connection draws its own lifetime, so the instance's handovers never fall together.
-        lifetime = planned_lifetime(self.connection_lifetime, self._rng)
-        self._handover_at = started + lifetime
-        self._handover_why = f"planned after {lifetime:.0f} s"
-        # A due handover waits here for the connection budget, while the link is still watched and pinged.
-        granted: asyncio.Future[None] | None = None
-        try:
-            while True:
-                due = self._handover_at if granted is None else float("inf")
-                await self._wait(link.closed, *([granted] if granted else []),
-                                 timeout=max(0.0, min(self.ping_interval / 2, due - loop.time())))
-                now = loop.time()
-                if link.closed.done():
-                    reason = link.closed.result()
-                    break
-                if self._stopping or not self._running.is_set():
-                    reason = "collector stopping" if self._stopping else "spool full: pausing"
-                    await link.close(reason)
-                    break
-                silent = now - link.last_rx
-                if silent > 2 * self.ping_interval:
-                    reason = f"no frame for {silent:.0f} s"
-                    link.abort(reason)
-                    break
-                if silent > self.ping_interval:
-                    link.ping()
-                if granted is None and now >= self._handover_at:
-                    granted = self.gate.request(self, Kind.HANDOVER)
-                if granted is not None and granted.done():
-                    granted = None
-                    if await self._hand_over(link, self._handover_why):
-                        return
-                    # The old link still works: try again soon, well before Binance cuts it.
-                    self._handover_at = loop.time() + self.backoff.next()
-        finally:
-            if granted is not None:
-                self.gate.withdraw(self)
-        self._link = None
-        if self._stopping or not self._running.is_set():
-            log.info("%s: disconnected: %s", self.symbol, reason)
-            return
-        if loop.time() - started >= STABLE_CONNECTION_SECONDS:
-            self.backoff.reset()
-        delay = self.backoff.next()
-        log.warning("%s: disconnected: %s; reconnecting in %.2f s", self.symbol, reason, delay)
-        await self._wait(timeout=delay)
-
-    async def _hand_over(self, old: Link, why: str) -> bool:
-        """Open a new link while `old` keeps delivering, join them by trade id, then close `old`.
-        False when `old` stays in service: the new link failed, died, or delivered nothing in time, or we
-        are stopping or pausing. Trades held from the new link are delivered either way."""
-        log.info("%s: handing over (%s): opening the new connection before closing the old one", self.symbol, why)
-        handover = self._handover = Handover(self.sink.last_trade_id())
-        new = await self._open()
-        if new is None:
-            self._handover = None
-            return False
-        loop = old.loop
-        deadline = loop.time() + HANDOVER_TIMEOUT_SECONDS
-        while (not handover.joined and not old.closed.done() and not new.closed.done()
-               and loop.time() < deadline and not self._stopping and self._running.is_set()):
-            await self._wait(old.closed, new.closed, timeout=deadline - loop.time())
-        busy = self._stopping or not self._running.is_set()
-        # Switch when joined; else only to a live new link that delivers, when the old one is gone or we
-        # gave up waiting for the overlap (then the gap is reported).
-        overlap_missed = not handover.joined and not old.closed.done() and bool(handover.held) and not busy
-        switch = handover.joined or (not new.closed.done() and (old.closed.done() or overlap_missed))
-        if switch and overlap_missed:
-            log.warning("%s: new connection did not overlap the old one in %.0f s; switching anyway",
-                        self.symbol, HANDOVER_TIMEOUT_SECONDS)
-        self._handover = None
-        for trade in handover.release():
-            self._on_trade(trade)
-        if not switch:
-            log.warning("%s: handover abandoned (%s); keeping the old connection", self.symbol,
-                        "new connection closed" if new.closed.done() else
-                        "stopping" if busy else "new connection silent")
-            await new.close("handover abandoned")
-            return False
-        self._link, self._stale_trades = new, 0
-        await old.close("handover to a new connection")
-        log.info("%s: handover done at trade id %s", self.symbol, handover.last_id)
-        if self._stale_trades:
-            log.log(logging.INFO if handover.joined else logging.WARNING,
-                    "%s: %d trade(s) arrived on the replaced connection while it closed and were dropped (%s)",
-                    self.symbol, self._stale_trades,
-                    "the new connection had them" if handover.joined else "they fall in the reported gap")
-        return True
+    def _closed(self, link: Link, closed: asyncio.Future[str]) -> None:
+        self._links.pop(link.name, None)
+        self._apply(self.policy.closed(link.name, link.loop.time(), closed.result()))

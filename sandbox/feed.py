@@ -4,8 +4,9 @@ Each symbol is one market: trades are generated in small bursts at a set rate, w
 increasing across connections, and every open connection of that symbol gets the same trades (as on
 Binance, where a new connection sees trades from the moment it subscribes). The server pings like Binance.
 It also plays Binance's failures on demand, for the demo and the fault-injection tests: a
-`serverShutdown` notice, dropped or silent connections, a refused location (HTTP 451), too many connection
-attempts (HTTP 429) and a ban (HTTP 418), both with Retry-After, bad messages.
+`serverShutdown` notice (also to a connection as it opens), dropped or silent connections, a refused location
+(HTTP 451), too many connection attempts (HTTP 429) and a ban (HTTP 418), both with Retry-After, bad messages,
+a message too big that is followed by more trades while the client's close goes unread.
 
 Run alone: `python -m sandbox.feed --port 9443 --rate 200`.
 """
@@ -90,6 +91,8 @@ class Feed:
         self.new_connections_die_after: float | None = None
         self.refuse_status: int | None = None
         self.silent = False
+        # The next connection to open gets a `serverShutdown` notice at once and is closed this long after.
+        self.notice_next_connection: float | None = None
         self.handshakes = 0
         # Every handshake as (time.monotonic(), request path, HTTP status answered: 101 for accepted).
         self.handshake_log: list[tuple[float, str, int]] = []
@@ -144,6 +147,9 @@ class Feed:
             connection.transport.abort()
             return
         market.subscribers.append(sub)
+        if self.notice_next_connection is not None:
+            self._announce([connection], self.notice_next_connection)
+            self.notice_next_connection = None
         try:
             if self.max_connection_seconds is None:
                 await connection.wait_closed()
@@ -204,7 +210,9 @@ class Feed:
 
     def announce_shutdown(self, close_after: float) -> None:
         """Binance's maintenance notice, then the old connections are closed `close_after` seconds later."""
-        doomed = [sub.connection for m in self.markets.values() for sub in m.subscribers]
+        self._announce([sub.connection for m in self.markets.values() for sub in m.subscribers], close_after)
+
+    def _announce(self, doomed: list[ServerConnection], close_after: float) -> None:
         notice = f'{{"e":"serverShutdown","E":{time.time_ns() // 1_000_000}}}'
         for connection in doomed:
             self._tasks.append(asyncio.create_task(connection.send(notice)))
@@ -215,6 +223,15 @@ class Feed:
                 await connection.close(1001, "server shutdown")
 
         self._tasks.append(asyncio.create_task(close_later()))
+
+    def send_too_big_and_ignore_close(self, symbol: str, size: int) -> None:
+        """One message of `size` bytes to every connection of `symbol`, then stop reading from them while the
+        trades go on: a peer that keeps sending after the client failed the connection (1009, message too big)
+        and never reads the client's close frame."""
+        for sub in self.markets[symbol].subscribers:
+            protocol, transport = sub.connection.protocol, sub.connection.transport
+            transport.write(Frame(Opcode.TEXT, b"x" * size).serialize(mask=False, extensions=protocol.extensions))
+            transport.pause_reading()
 
     def skip_trades(self, symbol: str, count: int) -> None:
         """Trades that happen but are never sent: what a client sees as a gap in trade ids."""

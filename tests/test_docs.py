@@ -18,9 +18,11 @@ from audit.parquet_day import PRICE, QUOTE, ROW_GROUP_ROWS, TRADES_SCHEMA
 from collector import config, keys
 from collector.backoff import RECONNECT_CAP_SECONDS, Backoff
 from collector.connect_budget import burst, pace_seconds, startup_seconds
+from collector.connection_policy import HANDOVER_TIMEOUT_SECONDS
 from collector.frames import MAX_MESSAGE_BYTES
 from collector.handover import HANDOVER_SPREAD_SECONDS
 from collector.keys import ATHENA_RESULTS_PREFIX
+from collector.ws_client import CLOSE_TIMEOUT_SECONDS, PROTOCOL_MAX_SIZE
 from stacks import daily_job
 from stacks.analytics import BYTES_SCANNED_CUTOFF, FIRST_DAY, NAMED_QUERIES, RAW_TABLE, RESULTS_EXPIRE_DAYS
 from stacks.application import STACK_NAME
@@ -195,6 +197,12 @@ def test_the_planned_handover_hour():
     earliest = (config.CONNECTION_LIFETIME - HANDOVER_SPREAD_SECONDS) / 3600
     assert f"between {earliest:g} h and {latest:g} h" in OPERATIONS
     assert f"between {earliest:g} h and {latest:g} h of a connection's life" in GUARANTEES
+
+
+def test_the_close_deadline_the_protocol_limit_and_the_overlap_wait_are_the_codes():
+    assert f"over the protocol's {PROTOCOL_MAX_SIZE >> 20} MiB limit" in GUARANTEES
+    assert f"the server has {CLOSE_TIMEOUT_SECONDS:g} s to end the connection" in GUARANTEES
+    assert f"do not overlap within {HANDOVER_TIMEOUT_SECONDS:g} s" in GUARANTEES
 
 
 # The audit's limits and the trust model

@@ -289,3 +289,43 @@ def test_sigterm_with_s3_hanging_still_exits_inside_the_units_stop_timeout(feed,
         assert time.monotonic() - started < 2 + S3_CONNECT_TIMEOUT_SECONDS + S3_READ_TIMEOUT_SECONDS + 3
     assert "not shipped; they stay in" in collector.log
     assert any(p.name.endswith(".jsonl.gz") for p in spool_dir.iterdir())
+
+
+def test_a_peer_that_keeps_sending_after_a_message_too_big_is_cut_and_replaced_promptly(feed, s3, start_collector):
+    """6. The client fails the connection with 1009 and the peer never reads its close frame but keeps sending:
+    bytes the protocol discards are not life, and the close it expects has a deadline."""
+    from collector.ws_client import CLOSE_TIMEOUT_SECONDS, PROTOCOL_MAX_SIZE
+
+    collector = start_collector(ws_url=feed.feed.url, reconnect_delay=0.1)
+    collector.wait_for_log("connected /ws")
+    time.sleep(0.5)
+    feed.call(feed.feed.send_too_big_and_ignore_close, "BTCUSDT", PROTOCOL_MAX_SIZE + 1)
+    started = time.monotonic()
+    collector.wait_for_log("connected /ws", count=2, timeout=20)
+    # The close deadline, a reconnect delay and a loaded machine: far below the 40 s of a silent link.
+    assert time.monotonic() - started < CLOSE_TIMEOUT_SECONDS + 5
+    uploads = collector.log.count("uploaded s3://")
+    collector.wait_for_log("uploaded s3://", count=uploads + 2, timeout=20)
+    assert collector.terminate() == 0
+    log = collector.log
+    assert "the connection failed: " in log and "exceeds limit" in log, "the parser's reason is logged"
+    assert "disconnected: close timed out; reconnecting in" in log
+
+
+def test_a_shutdown_notice_on_the_new_connection_during_a_handover_is_not_lost(
+        feed, s3, start_collector, manifest_schema):
+    """7. The server announces its shutdown to the new connection while the handover to it is under way: the
+    new connection is handed over in turn before the server closes it, without a gap."""
+    collector = start_collector(ws_url=feed.feed.url)
+    collector.wait_for_log("connected")
+    time.sleep(1)
+    feed.feed.notice_next_connection = 3.0
+    feed.call(feed.feed.announce_shutdown, close_after=3.0)
+    collector.wait_for_log("handover done", count=2, timeout=20)
+    time.sleep(4)  # past the moment the server closes the second connection
+    assert collector.terminate() == 0
+    log = collector.log
+    assert "serverShutdown announced on the new connection, handing over again" in log
+    assert "reconnecting in" not in log
+    ids = landed(s3, feed, ("BTCUSDT",), manifest_schema).ids("BTCUSDT")
+    assert ids == list(range(ids[0], ids[-1] + 1)), "no gap, no duplicate across both handovers"

@@ -50,3 +50,12 @@ def test_planned_handovers_fall_at_random_in_the_hour_before_the_lifetime():
     assert len({round(x) for x in lifetimes}) > 400, "connections opened together do not hand over together"
     short = [planned_lifetime(2, rng) for _ in range(100)]
     assert all(1 <= x <= 2 for x in short), "a short test lifetime is spread over its second half"
+
+
+def test_once_joined_a_trade_of_the_old_stream_passes_only_when_it_is_ahead():
+    h = Handover(last_id=10)
+    assert ids(h.from_new(t(11))) == [11]
+    assert not h.from_old(t(11))
+    assert h.from_old(t(12)), "until the switch, the old stream may be ahead of the new one"
+    assert ids(h.from_new(t(12))) == []
+    assert ids(h.from_new(t(13))) == [13]
