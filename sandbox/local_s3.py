@@ -65,6 +65,14 @@ class LocalS3:
     def create_bucket(self, name: str) -> None:
         self.client().create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": REGION})
 
+    def delete_bucket(self, name: str) -> None:
+        """Every object, then the bucket."""
+        client = self.client()
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+            for obj in page.get("Contents", []):
+                client.delete_object(Bucket=name, Key=obj["Key"])
+        client.delete_bucket(Bucket=name)
+
 
 class MotoS3(LocalS3):
     """moto's server in this process: starts in ~0.3 s; buckets and objects live on across stop/start."""

@@ -59,13 +59,9 @@ def s3(request: pytest.FixtureRequest) -> Iterator[LocalS3]:
     this test."""
     backend = getattr(request, "param", "moto")
     s3_server: LocalS3 = request.getfixturevalue("s3_server" if backend == "moto" else f"{backend}_server")
-    client = s3_server.client()
     s3_server.create_bucket(BUCKET)
     yield s3_server
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
-        for obj in page.get("Contents", []):
-            client.delete_object(Bucket=BUCKET, Key=obj["Key"])
-    client.delete_bucket(Bucket=BUCKET)
+    s3_server.delete_bucket(BUCKET)
 
 
 class Collector:

@@ -94,11 +94,7 @@ def day(s3_server: LocalS3) -> Iterator[tuple[Day, str]]:
     s3_server.create_bucket(bucket)
     planted = _plant(s3_server, bucket)
     yield planted, bucket
-    client = s3_server.client()
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        for obj in page.get("Contents", []):
-            client.delete_object(Bucket=bucket, Key=obj["Key"])
-    client.delete_bucket(Bucket=bucket)
+    s3_server.delete_bucket(bucket)
 
 
 def test_the_audit_finds_exactly_the_planted_holes_from_manifests(day, s3_server) -> None:

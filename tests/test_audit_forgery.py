@@ -87,11 +87,7 @@ def _day(s3_server: LocalS3, lost: frozenset[int] = frozenset()) -> Iterator[Day
     day = Day(s3_server, name, bucket.client(s3_server.endpoint, REGION))
     day.write([Run(instance, A, Z, lost=lost) for instance in HONEST])
     yield day
-    client = s3_server.client()
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
-        for obj in page.get("Contents", []):
-            client.delete_object(Bucket=name, Key=obj["Key"])
-    client.delete_bucket(Bucket=name)
+    s3_server.delete_bucket(name)
 
 
 @pytest.fixture

@@ -81,10 +81,7 @@ def fleet(s3_server: LocalS3) -> Iterator[tuple[LocalS3, str]]:
                 "Period": 60, "Stat": "Sum"}} for n, instance in enumerate(INSTANCES[:2]))])
     yield s3_server, newest
     cloudwatch.delete_alarms(AlarmNames=[a["AlarmName"] for a in cloudwatch.describe_alarms()["MetricAlarms"]])
-    client = s3_server.client()
-    for obj in client.list_objects_v2(Bucket=BUCKET).get("Contents", []):
-        client.delete_object(Bucket=BUCKET, Key=obj["Key"])
-    client.delete_bucket(Bucket=BUCKET)
+    s3_server.delete_bucket(BUCKET)
 
 
 def _status(s3: LocalS3, *args: str) -> subprocess.CompletedProcess[str]:

@@ -50,11 +50,7 @@ def planted(s3_server: LocalS3, monkeypatch: pytest.MonkeyPatch, request: pytest
     monkeypatch.setenv(daily.BUCKET_ENV, bucket)
     monkeypatch.setenv(daily.NAMESPACE_ENV, NAMESPACE)
     yield bucket, day
-    client = s3_server.client()
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        for obj in page.get("Contents", []):
-            client.delete_object(Bucket=bucket, Key=obj["Key"])
-    client.delete_bucket(Bucket=bucket)
+    s3_server.delete_bucket(bucket)
 
 
 def _metrics(out: str) -> dict[str, object]:

@@ -6,6 +6,7 @@ import errno
 import gzip
 import io
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import msgspec
@@ -217,3 +218,28 @@ def test_a_crashed_upload_worker_ends_the_drain_at_once(shipper):
     drained, took = asyncio.run(run())
     assert drained is False
     assert took < 5, "a dead worker ships nothing: waiting out the shutdown timeout helps no one"
+
+
+def test_sealing_goes_on_while_the_default_thread_pool_is_saturated(tmp_path):
+    """Sealing has threads of its own: DNS lookups or disk scans stuck in asyncio's default pool (or uploads
+    waiting on S3, which have theirs too) never hold up a rotation."""
+    service = _service(tmp_path)
+    (symbol,) = service.symbols
+    release = threading.Event()
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
+        stuck = loop.run_in_executor(None, release.wait)
+        try:
+            symbol.on_trade(trade(1))
+            service._close_all_files()
+            async with asyncio.timeout(10):
+                await asyncio.wait(service._sealing)
+        finally:
+            release.set()
+            await stuck
+
+    asyncio.run(run())
+    ((lines, doc),) = _object_and_manifest(tmp_path)
+    assert len(lines) == doc["payload"]["record_count"] == 1
