@@ -10,6 +10,7 @@ from typing import Any
 from bench.collector_proc import CollectorProc
 from bench.procs import Child
 from bench.procstat import Sample
+from collector.spool import unshipped
 from sandbox.local_s3 import LocalS3
 from sandbox.verify import check_bucket
 
@@ -57,7 +58,7 @@ def collector(url: str, s3: LocalS3, compression: str, seconds: float) -> dict[s
             stopped_at = time.monotonic()
         finally:
             end = proc.stop()
-        spool_left = sorted(p.name for p in spool.iterdir())
+        spool_left = unshipped(spool)
     landing = check_bucket(s3.client(), bucket)
     records = sum(o.records for o in landing.objects)
     start = proc.connected[0]

@@ -49,6 +49,12 @@ QUARANTINE_DIR = "quarantine"
 WRITE_BUFFER_BYTES = 1 << 20
 
 
+def unshipped(directory: Path) -> list[str]:
+    """The names in the spool directory that hold data not yet in S3 (quarantined files included); the name
+    stamp it keeps across restarts is not data."""
+    return sorted(p.name for p in directory.iterdir() if p.name != STAMP_FILE)
+
+
 @dataclass(frozen=True, slots=True)
 class Sealed:
     """A file ready to ship. `data` is None when only the manifest is left to upload."""

@@ -17,7 +17,6 @@ import pytest
 
 from collector.config import ALLOW_INSECURE_WS_ENV
 from collector.manifest import SCHEMA_PATH
-from collector.spool import STAMP_FILE
 from sandbox.feed import FeedThread
 from sandbox.local_s3 import BACKENDS, LocalS3, running_s3
 from sandbox.verify import Landing, check_bucket
@@ -137,11 +136,6 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> No
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
-
-
-def unshipped(spool_dir: Path) -> list[str]:
-    """What the spool still holds to ship (the name stamp it keeps across restarts is not data)."""
-    return sorted(p.name for p in spool_dir.iterdir() if p.name != STAMP_FILE)
 
 
 def landed(s3: LocalS3, feed: FeedThread, symbols: tuple[str, ...], schema: dict[str, Any]) -> Landing:

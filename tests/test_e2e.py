@@ -4,7 +4,8 @@ import time
 
 import pytest
 
-from tests.conftest import BUCKET, landed, on_both_s3_servers, unshipped
+from collector.spool import unshipped
+from tests.conftest import BUCKET, landed, on_both_s3_servers
 from tests.s3_faults import S3Faults
 
 pytestmark = pytest.mark.e2e

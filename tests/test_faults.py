@@ -6,8 +6,9 @@ import time
 
 import pytest
 
+from collector.spool import unshipped
 from sandbox.verify import Landing, check_bucket
-from tests.conftest import BUCKET, landed, on_both_s3_servers, unshipped, wait_until
+from tests.conftest import BUCKET, landed, on_both_s3_servers, wait_until
 from tests.s3_faults import S3Faults
 
 pytestmark = pytest.mark.e2e

@@ -39,12 +39,13 @@ from audit.binance_rest import HistoricalTrades
 from audit.days import day_bounds_ms
 from collector.config import ALLOW_INSECURE_WS_ENV
 from collector.keys import CURATED_PREFIX, DATA_PREFIX, MANIFEST_PREFIX
+from collector.spool import unshipped
 from sandbox.binance_rest import HistoryServer
 from sandbox.market import Market
 from sandbox.replicas import Run, write
 from stacks.application import STACK_NAME, create_app
 from tests.cdk_support import cdk_context
-from tests.conftest import BUCKET, Collector, landed, unshipped
+from tests.conftest import BUCKET, Collector, landed
 from tests.rehearsal_support import ACCOUNT, REGION, MotoServer, as_moto_authorizes, resolve, trust_also
 from tests.s3_faults import S3Faults
 
