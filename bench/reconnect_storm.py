@@ -25,6 +25,7 @@ from bench.collector_proc import LAG_REPORT_ENV
 from bench.procs import ROOT
 from bench.procstat import percentile
 from bench.report import LAG_P99_MS
+from collector.config import ALLOW_INSECURE_WS_ENV
 from sandbox.feed import FeedThread
 from sandbox.local_s3 import running_s3
 
@@ -38,6 +39,7 @@ def storm(s3: Any, kind: str, seconds: float) -> dict[str, Any]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("COLLECTOR_", "AWS_"))}
         env.update(s3.env(), COLLECTOR_BUCKET=BUCKET, COLLECTOR_WS_URL=feed.feed.url, COLLECTOR_SPOOL_DIR=tmp,
                    COLLECTOR_INSTANCE_ID="bench", COLLECTOR_RECONNECT_DELAY="0.2")
+        env[ALLOW_INSECURE_WS_ENV] = "1"  # the local feed is ws://
         env[LAG_REPORT_ENV] = str(lag_path)
         if kind == "handovers":
             env["COLLECTOR_CONNECTION_LIFETIME"] = "2"
@@ -45,6 +47,8 @@ def storm(s3: Any, kind: str, seconds: float) -> dict[str, Any]:
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             while feed.feed.handshakes == 0:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the collector exited with status {proc.returncode} before connecting")
                 time.sleep(0.05)
             end = time.monotonic() + seconds
             while time.monotonic() < end:
